@@ -1,0 +1,122 @@
+"""The Layer interface, Caffe's, in Python.
+
+A layer is a small class registered under its Caffe type name. The net calls, in order:
+
+``setup(bottoms, tops)``
+    once: read ``self.param`` (a ``caffe_pb2.LayerParameter``), create learnable blobs
+    in ``self.blobs`` (filled by their fillers), check bottom shapes.
+``reshape(bottoms, tops)``
+    at setup and whenever input shapes change: set top shapes, size work buffers.
+``forward(bottoms, tops)``
+    compute tops from bottoms; dispatches to ``forward_cpu`` or ``forward_gpu``.
+``backward(tops, propagate_down, bottoms)``
+    from ``top.diff`` compute ``bottom.diff`` for the bottoms whose ``propagate_down``
+    flag is set, and *accumulate* parameter gradients into ``self.blobs[i].diff`` when
+    ``self.param_propagate_down[i]`` is set (the solver zeroes them each iteration).
+
+Layer code gets its array module from the blobs (``bottoms[0].xp``), never by importing
+cupy, so one ``forward_cpu`` body usually serves both devices: the default
+``forward_gpu``/``backward_gpu`` simply call the CPU code with cupy arrays. Layers
+where a fused kernel matters override the GPU methods.
+
+A layer never sees the graph: loss weights, in-place wiring, splits and need-backward
+analysis are the net's business.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+from ..backend import CPU, Device
+from ..blob import Blob
+from ..errors import NetDefinitionError
+
+TRAIN, TEST = "TRAIN", "TEST"
+
+
+class Layer:
+    """Base class of every layer. Subclasses set ``type`` and override the compute methods.
+
+    Class attributes describe the layer to the graph, as Caffe's virtual methods do:
+    bottom/top counts (``-1`` for "any"), whether the net may create missing tops
+    (``auto_top_blobs``), whether a bottom may receive gradient (``allow_backward_to``).
+    """
+
+    type: ClassVar[str] = ""
+    exact_num_bottoms: ClassVar[int] = -1
+    min_bottoms: ClassVar[int] = -1
+    max_bottoms: ClassVar[int] = -1
+    exact_num_tops: ClassVar[int] = -1
+    min_tops: ClassVar[int] = -1
+    max_tops: ClassVar[int] = -1
+    equal_num_bottom_top: ClassVar[bool] = False
+    auto_top_blobs: ClassVar[bool] = False
+    #: True for layers with no backward (data layers, metrics, detection output).
+    forward_only: ClassVar[bool] = False
+    #: True when tops may be the bottoms themselves (top name == bottom name).
+    supports_in_place: ClassVar[bool] = False
+
+    def __init__(self, param, phase: str = TRAIN, device: Device = CPU):
+        self.param = param
+        self.name: str = param.name
+        self.phase = phase
+        self.device = device
+        self.blobs: list[Blob] = []
+        self.param_propagate_down: list[bool] = []
+
+    # ---- the interface ------------------------------------------------------------
+    def setup(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
+        """Read parameters and create ``self.blobs``. Default: nothing to set up."""
+
+    def reshape(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
+        """Set the shapes of ``tops`` from ``bottoms``. Must be overridden."""
+        raise NotImplementedError(f"{type(self).__name__}.reshape")
+
+    def forward(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
+        if self.device.is_gpu:
+            self.forward_gpu(bottoms, tops)
+        else:
+            self.forward_cpu(bottoms, tops)
+
+    def backward(self, tops: Sequence[Blob], propagate_down: Sequence[bool], bottoms: Sequence[Blob]) -> None:
+        if self.device.is_gpu:
+            self.backward_gpu(tops, propagate_down, bottoms)
+        else:
+            self.backward_cpu(tops, propagate_down, bottoms)
+
+    def forward_cpu(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.forward_cpu")
+
+    def backward_cpu(self, tops: Sequence[Blob], propagate_down: Sequence[bool], bottoms: Sequence[Blob]) -> None:
+        if any(propagate_down):
+            raise NotImplementedError(f"layer type {self.type} has no backward")
+
+    def forward_gpu(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
+        """Default GPU path: the CPU code, which runs on cupy arrays unchanged."""
+        self.forward_cpu(bottoms, tops)
+
+    def backward_gpu(self, tops: Sequence[Blob], propagate_down: Sequence[bool], bottoms: Sequence[Blob]) -> None:
+        """Default GPU path: the CPU code, which runs on cupy arrays unchanged."""
+        self.backward_cpu(tops, propagate_down, bottoms)
+
+    def allow_backward_to(self, bottom_index: int) -> bool:
+        """Whether gradient may flow into this bottom (False for labels, for example)."""
+        return True
+
+    def close(self) -> None:
+        """Release resources (prefetch threads, files). Called when the net is closed."""
+
+    # ---- helpers for subclasses -----------------------------------------------------
+    def make_blob(self, shape: Sequence[int], name: str = "") -> Blob:
+        """A new blob on this layer's device (for learnable parameters or buffers)."""
+        return Blob(shape, self.device, name=name or self.name)
+
+    def error(self, message: str) -> NetDefinitionError:
+        """A NetDefinitionError naming this layer: ``raise self.error("...")``."""
+        return NetDefinitionError(f"layer '{self.name}' (type {self.type}): {message}")
+
+    @property
+    def xp(self):
+        return self.device.xp
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
