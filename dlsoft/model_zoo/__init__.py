@@ -1,0 +1,247 @@
+"""The model zoo: named, shareable nets with verified pretrained weights.
+
+``import dlsoft; net = dlsoft.zoo.load("lenet_mnist")`` gives a ready TEST-phase Net.
+``zoo:NAME`` (or ``zoo:NAME/deploy.prototxt``) works wherever a model, solver or
+weights file is expected: commands pass such references through :func:`resolve`.
+
+Entries come from the package (``dlsoft/model_zoo/entries/``) and from indexes the user
+has added with :func:`add_index`. Weights an entry does not ship are downloaded, only
+when asked for, into the user cache (``$DLSOFT_CACHE``, ``$XDG_CACHE_HOME/dlsoft`` or
+``~/.cache/dlsoft``) and verified against their recorded checksum.
+
+Nothing here prints: downloads report through ``progress(done_bytes, total_bytes_or_None)``.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import shutil
+from pathlib import Path
+
+from ..errors import DlsoftError
+from .entry import (CAFFE_README, KINDS, NAME_RE, ZOO_FILE, Entry, KIND_ALIASES, atomic_write_text,
+                    checksum_of, dump_yaml, file_digest)
+from .fetch import Progress, cache_dir, download, join_location
+from .index import add_index, added_indexes, config_file, index_cache_dir, index_entries, remove_index
+from .publish import publish
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "entries"
+PREFIX = "zoo:"
+
+__all__ = ["Entry", "list_entries", "get_entry", "resolve", "load", "copy_entry", "fetch", "publish",
+           "add_index", "remove_index", "added_indexes", "is_downloaded", "local_path", "cache_dir",
+           "config_file", "BUILTIN_DIR"]
+
+
+# ------------------------------------------------------------------ discovery
+def builtin_entries() -> list[Entry]:
+    """The entries shipped in the package."""
+    return [Entry.from_folder(folder, origin="builtin") for folder in sorted(BUILTIN_DIR.iterdir())
+            if (folder / ZOO_FILE).is_file() or (folder / CAFFE_README).is_file()]
+
+
+def list_entries() -> list[Entry]:
+    """Built-in entries, then those of added indexes (a name already taken is skipped)."""
+    entries = builtin_entries()
+    seen = {e.name for e in entries}
+    for location in added_indexes():
+        try:
+            from_index = index_entries(location)
+        except DlsoftError as exc:  # one unreachable index must not hide the others
+            log.warning("skipping zoo index %s: %s", location, exc)
+            continue
+        for entry in from_index:
+            if entry.name in seen:
+                log.warning("zoo index %s: entry '%s' is shadowed by an earlier one", location, entry.name)
+                continue
+            seen.add(entry.name)
+            entries.append(entry)
+    return entries
+
+
+def get_entry(name: str) -> Entry:
+    """The entry called ``name`` (``zoo:`` prefix allowed), or a folder path holding an entry."""
+    name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    if "/" in name or not NAME_RE.match(name):
+        if Path(name).is_dir():
+            return Entry.from_folder(Path(name))
+        raise DlsoftError(f"'{name}' is not a zoo entry name or an entry folder")
+    if (BUILTIN_DIR / name).is_dir():
+        return Entry.from_folder(BUILTIN_DIR / name, origin="builtin")
+    entries = list_entries()
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    names = [e.name for e in entries]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known entries: {', '.join(names)}"
+    raise DlsoftError(f"no zoo entry named '{name}'; {hint}")
+
+
+# ------------------------------------------------------------------ files
+def _record(entry: Entry, key: str) -> tuple[str, dict]:
+    """(role, record) for a role name or a file name of ``entry``."""
+    record = entry.file_record(key)
+    if record is not None:
+        return KIND_ALIASES.get(key, key), record
+    for role in list(entry.files) + ["weights"]:
+        candidate = entry.file_record(role)
+        if candidate and Path(str(candidate.get("path") or candidate.get("url", ""))).name == key:
+            return role, candidate
+    known = sorted(set(entry.files) | ({"weights"} if entry.file_record("weights") else set()))
+    if KIND_ALIASES.get(key, key) == "weights":
+        raise DlsoftError(f"zoo entry '{entry.name}' has no weights (configs only: train it from "
+                          f"its solver, e.g. `dlsoft zoo get {entry.name} DIR`)")
+    raise DlsoftError(f"zoo entry '{entry.name}' has no file '{key}' (it has: {', '.join(known)})")
+
+
+def _cache_path(entry: Entry, record: dict) -> Path:
+    file_name = Path(str(record.get("path") or record.get("url"))).name
+    base = index_cache_dir(entry.base) if entry.base else cache_dir() / "zoo"
+    return base / entry.name / file_name
+
+
+_verified: set[tuple] = set()
+
+
+def _check_local(path: Path, record: dict) -> None:
+    """Verify a file lying in an entry folder against its record (once per process)."""
+    checksum = checksum_of(record)
+    if checksum is None:
+        return
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
+    algorithm, expected = checksum
+    actual = file_digest(path, algorithm)
+    if actual != expected:
+        raise DlsoftError(f"{path} does not match its recorded {algorithm} ({actual}, expected {expected}); "
+                          f"the file was changed or is corrupt")
+    _verified.add(key)
+
+
+def local_path(entry: Entry, key: str, *, download_missing: bool = False, progress: Progress | None = None,
+               timeout: float = 30) -> Path:
+    """The local file of ``entry`` playing ``key`` (a role or file name).
+
+    A file missing locally is downloaded only with ``download_missing``; otherwise a
+    DlsoftError says how to fetch it.
+    """
+    role, record = _record(entry, key)
+    if entry.folder is not None and record.get("path"):
+        path = entry.folder / record["path"]
+        if path.is_file():
+            _check_local(path, record)
+            return path
+    location = record.get("url") or (join_location(entry.base, record["path"]) if entry.base else None)
+    if location is None:
+        raise DlsoftError(f"zoo entry '{entry.name}': file {record.get('path')} is missing from {entry.folder}")
+    dest = _cache_path(entry, record)
+    if dest.is_file():
+        return dest
+    if not download_missing:
+        raise DlsoftError(f"the {role} of zoo entry '{entry.name}' is not downloaded yet: "
+                          f"run `dlsoft zoo fetch {entry.name}`")
+    return download(location, dest, record, progress=progress, timeout=timeout)
+
+
+def is_downloaded(entry: Entry, key: str = "weights") -> bool:
+    """Whether the file is available locally without a download."""
+    try:
+        local_path(entry, key)
+        return True
+    except DlsoftError:
+        return False
+
+
+def resolve(ref, kind: str = "model", *, download_missing: bool | None = None,
+            progress: Progress | None = None, timeout: float = 30):
+    """Turn ``zoo:NAME`` or ``zoo:NAME/FILE`` into a local path; other values come back unchanged.
+
+    ``kind`` is ``model`` (= ``deploy``), ``deploy``, ``train_val``, ``solver`` or
+    ``weights``. Config files of index entries are downloaded as needed; weights are
+    downloaded only because the reference asks for them (``kind="weights"`` or
+    ``zoo:NAME/weights``); ``download_missing=False`` refuses any download instead.
+    """
+    if not isinstance(ref, str) or not ref.startswith(PREFIX):
+        return ref
+    if KIND_ALIASES.get(kind, kind) not in KINDS:
+        raise DlsoftError(f"unknown zoo file kind '{kind}' (expected model, {', '.join(KINDS)})")
+    name, _, file_key = ref[len(PREFIX):].partition("/")
+    entry = get_entry(name)
+    download_missing = True if download_missing is None else download_missing
+    return local_path(entry, file_key or kind, download_missing=download_missing, progress=progress,
+                      timeout=timeout)
+
+
+def fetch(name: str, progress: Progress | None = None, timeout: float = 30) -> Path:
+    """Download what ``name`` needs that is not here yet (weights, and an index entry's configs).
+
+    Returns the local weights path. Verified against the recorded checksum; a partial
+    download is resumed; a mismatch is refused and nothing corrupt is kept.
+    """
+    entry = get_entry(name)
+    for role in entry.files:
+        if role != "weights":
+            local_path(entry, role, download_missing=True, timeout=timeout)
+    return local_path(entry, "weights", download_missing=True, progress=progress, timeout=timeout)
+
+
+def load(name: str, device="cpu", progress: Progress | None = None, timeout: float = 30):
+    """The entry's deploy net in TEST phase with its weights (downloaded if needed)."""
+    from ..netdef.net import Net
+
+    entry = get_entry(name)
+    deploy = local_path(entry, "deploy", download_missing=True, timeout=timeout)
+    weights = local_path(entry, "weights", download_missing=True, progress=progress, timeout=timeout)
+    return Net(str(deploy), phase="TEST", weights=str(weights), device=device)
+
+
+def copy_entry(name: str, dest_dir: str | Path, *, weights: bool = True, fetch_weights: bool = False,
+               overwrite: bool = False, progress: Progress | None = None, timeout: float = 30) -> list[Path]:
+    """Copy an entry's configs (and weights, when here or ``fetch_weights``) to ``dest_dir``.
+
+    The copy is an entry folder of its own (with zoo.yaml) to edit, retrain and publish.
+    Refuses to overwrite existing files unless ``overwrite``. Returns the written paths.
+    """
+    entry = get_entry(name)
+    dest = Path(dest_dir)
+    sources: dict[str, Path] = {}
+    if entry.folder is not None:  # a folder entry is self-contained: take all of it
+        for path in sorted(entry.folder.iterdir()):
+            if path.is_file() and not path.name.endswith(".part"):
+                sources[path.name] = path
+    for role in list(entry.files) + ["weights"]:
+        if role == "weights" and (not weights or entry.file_record("weights") is None):
+            continue
+        _, record = _record(entry, role)
+        file_name = Path(str(record.get("path") or record.get("url"))).name
+        if file_name in sources:
+            continue
+        try:
+            sources[file_name] = local_path(entry, role, download_missing=role != "weights" or fetch_weights,
+                                            progress=progress, timeout=timeout)
+        except DlsoftError:
+            if role != "weights":
+                raise
+            log.info("weights of '%s' are not downloaded: copied configs only", entry.name)
+    clashes = [n for n in sources if (dest / n).exists()]
+    if clashes and not overwrite:
+        raise DlsoftError(f"{dest} already holds {', '.join(clashes)}; choose another folder or overwrite")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, source in sources.items():
+        shutil.copyfile(source, dest / file_name)
+        written.append(dest / file_name)
+    if entry.folder is None:  # an index record: write it as the copy's zoo.yaml
+        meta = dict(entry.meta)
+        meta["files"] = {role: {**rec, "path": Path(str(rec.get("path") or rec.get("url"))).name}
+                         for role, rec in entry.files.items()}
+        for rec in meta["files"].values():
+            rec.pop("url", None)
+        atomic_write_text(dest / ZOO_FILE, dump_yaml(meta))
+        written.append(dest / ZOO_FILE)
+    return written
