@@ -180,9 +180,11 @@ def meta_from_caffe_readme(path: Path) -> dict:
         "licence": front.get("license", ""),
         "caffe_readme": {k: v for k, v in front.items()},
     }
+    # YAML would read an all-digit sha1 as a number (losing leading zeros): take the text.
+    sha1 = re.search(r"^sha1:\s*['\"]?([0-9a-fA-F]+)", match.group(1), re.M)
     caffemodel = front.get("caffemodel")
     if caffemodel:
-        checksum = {"sha1": str(front["sha1"])} if front.get("sha1") else {}
+        checksum = {"sha1": sha1.group(1).lower()} if sha1 else {}
         if (path.parent / caffemodel).is_file():
             meta["files"] = {"weights": {"path": caffemodel, **checksum}}
         if front.get("caffemodel_url"):
@@ -232,9 +234,12 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 def checksum_of(record: dict) -> tuple[str, str] | None:
     """(algorithm, hex digest) recorded for a file, preferring sha256."""
-    for algorithm in ("sha256", "sha1"):
-        if record.get(algorithm):
-            return algorithm, str(record[algorithm]).lower()
+    for algorithm, length in (("sha256", 64), ("sha1", 40)):
+        if record.get(algorithm) is not None:
+            value = str(record[algorithm]).lower()
+            if not re.fullmatch(f"[0-9a-f]{{{length}}}", value):
+                raise DlsoftError(f"recorded {algorithm} {value!r} is not {length} hex digits (quote it in YAML)")
+            return algorithm, value
     return None
 
 
