@@ -192,6 +192,10 @@ def face_model_files():
     return folder / "deploy.prototxt.txt", folder / "res10_300x300_ssd_iter_140000.caffemodel"
 
 
+FACE_NET_TYPES = {"Input", "Split", "Convolution", "BatchNorm", "Scale", "ReLU", "Eltwise", "Pooling", "Normalize",
+                  "Permute", "Flatten", "Concat", "PriorBox", "Reshape", "Softmax", "DetectionOutput"}
+
+
 def test_face_detector_matches_opencv():
     cv2 = pytest.importorskip("cv2")
     skdata = pytest.importorskip("skimage.data")
@@ -199,6 +203,10 @@ def test_face_detector_matches_opencv():
         from dlsoft import Net
     except ImportError as exc:
         pytest.skip(f"dlsoft.Net cannot be imported yet ({exc})")
+    from dlsoft.layers.registry import registered_types
+    missing = FACE_NET_TYPES - set(registered_types())
+    if missing:
+        pytest.skip(f"layer types the face net needs are not implemented yet: {sorted(missing)}")
     prototxt, weights = face_model_files()
     image = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)  # a real photo with one face
     blob = cv2.dnn.blobFromImage(image, 1.0, (300, 300), (104.0, 177.0, 123.0))
