@@ -1,6 +1,6 @@
 """Retrain a built-in zoo entry from its own solver and update its zoo.yaml record.
 
-    python scripts/train_zoo_entry.py lenet_mnist [--iterations N] [--seed S]
+    python scripts/train_zoo_entry.py lenet_mnist [--iterations N] [--seed S] [--dir DIR]
 
 The entry folder (dlsoft/model_zoo/entries/NAME) is copied to a temporary run
 directory, trained there with ``dlsoft.get_solver("solver.prototxt").solve()`` (the
@@ -47,11 +47,10 @@ def evaluate(deploy: Path, weights: Path, scale: float, batch_size: int = 100) -
     return correct / len(labels), len(labels)
 
 
-def train(name: str, iterations: int | None, seed: int | None) -> dict:
-    entry = get_entry(name)
-    folder = BUILTIN_DIR / name
-    if entry.folder is None or entry.folder.resolve() != folder.resolve():
-        raise SystemExit(f"{name} is not a built-in entry")
+def train(name: str, iterations: int | None = None, seed: int | None = None, folder: Path | None = None) -> dict:
+    """Train the entry in ``folder`` (default: the built-in entry NAME); returns its new zoo.yaml."""
+    folder = Path(folder) if folder is not None else BUILTIN_DIR / name
+    entry = get_entry(str(folder.resolve()))
     scale = float(entry.meta.get("input", {}).get("preprocessing", {}).get("scale", 1.0))
     weights_name = f"{name}.caffemodel"
     with tempfile.TemporaryDirectory(prefix=f"train_{name}_") as run_dir:
@@ -102,9 +101,13 @@ def main(argv=None) -> int:
     parser.add_argument("name", help="built-in entry, e.g. lenet_mnist or mlp_digits")
     parser.add_argument("--iterations", type=int, default=None, help="override the solver's max_iter")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the solver's random_seed)")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="train the entry folder DIR (a copy from `dlsoft zoo get`) instead of the built-in")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    meta = train(args.name, args.iterations, args.seed)
+    if args.dir is None and not (BUILTIN_DIR / args.name).is_dir():
+        parser.error(f"{args.name} is not a built-in entry (use --dir for another folder)")
+    meta = train(args.name, args.iterations, args.seed, args.dir)
     print(dump_yaml({"metrics": meta["metrics"], "produced_by": meta["produced_by"]}), end="")
     return 0
 

@@ -29,7 +29,6 @@ layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim:
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
         inner_product_param { num_output: %d weight_filler { type: "gaussian" std: 0.1 }
                               bias_filler { type: "constant" value: 0.2 } } }
-layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
 """
 
 
@@ -47,7 +46,7 @@ def isolated_user(tmp_path, monkeypatch):
 
 
 def make_tiny_entry(folder: Path, num_output: int = 10, metrics=True) -> np.ndarray:
-    """An entry folder with a tiny deploy net and its weights; returns its prob on fixed input."""
+    """An entry folder with a tiny deploy net and its weights; returns its output on fixed input."""
     import dlsoft
 
     folder.mkdir(parents=True)
@@ -58,7 +57,7 @@ def make_tiny_entry(folder: Path, num_output: int = 10, metrics=True) -> np.ndar
     if metrics:
         draft["metrics"] = [{"name": "accuracy", "value": 0.5, "data": "two synthetic images"}]
     (folder / "zoo.yaml").write_text(yaml.safe_dump(draft))
-    return np.array(net.forward(data=fixed_input())["prob"])
+    return np.array(net.forward(data=fixed_input())["ip"])
 
 
 def fixed_input() -> np.ndarray:
@@ -101,7 +100,7 @@ def test_classic_configs_parse():
     for name in ["cifar10_quick", *CLASSIC]:
         entry = zoo.get_entry(name)
         deploy = read_net(entry.folder / "deploy.prototxt")
-        assert deploy.layer[-1].type == "Softmax"
+        assert deploy.layer[-1].type == "Softmax" and deploy.layer[0].type == "Input"
         read_net(entry.folder / "train_val.prototxt")
         assert read_solver(entry.folder / "solver.prototxt").net == "train_val.prototxt"
 
@@ -218,7 +217,7 @@ def test_publish_add_index_fetch_load_between_two_users(tmp_path, monkeypatch):
         assert bob / "cache" in path.parents and progress[-1] == (weights["size"], weights["size"])
         net = zoo.load("tiny_net")
         assert net.phase == "TEST"
-        np.testing.assert_allclose(net.forward(data=fixed_input())["prob"], expected, rtol=1e-6)
+        np.testing.assert_allclose(net.forward(data=fixed_input())["ip"], expected, rtol=1e-6)
         assert zoo.resolve("zoo:tiny_net", "weights") == path
         copied = zoo.copy_entry("tiny_net", bob / "work")
         assert {p.name for p in copied} == {"deploy.prototxt", "tiny.caffemodel", "zoo.yaml"}
@@ -246,7 +245,7 @@ def test_an_index_shared_as_a_directory_or_file_url(tmp_path, monkeypatch):
         become(monkeypatch, tmp_path / user)
         zoo.add_index(location)
         net = zoo.load("zoo:tiny_net")
-        np.testing.assert_allclose(net.forward(data=fixed_input())["prob"], expected, rtol=1e-6)
+        np.testing.assert_allclose(net.forward(data=fixed_input())["ip"], expected, rtol=1e-6)
         assert tmp_path / user / "cache" in zoo.resolve("zoo:tiny_net", "weights").parents
         assert zoo.remove_index(location) and zoo.added_indexes() == []
 

@@ -210,9 +210,11 @@ def copy_entry(name: str, dest_dir: str | Path, *, weights: bool = True, fetch_w
     entry = get_entry(name)
     dest = Path(dest_dir)
     sources: dict[str, Path] = {}
+    weights_record = entry.file_record("weights") or {}
+    weights_name = Path(str(weights_record.get("path") or weights_record.get("url", ""))).name
     if entry.folder is not None:  # a folder entry is self-contained: take all of it
         for path in sorted(entry.folder.iterdir()):
-            if path.is_file() and not path.name.endswith(".part"):
+            if path.is_file() and not path.name.endswith(".part") and path.name != weights_name:
                 sources[path.name] = path
     for role in list(entry.files) + ["weights"]:
         if role == "weights" and (not weights or entry.file_record("weights") is None):
