@@ -90,8 +90,9 @@ def test_classic_nets_are_weightless_and_point_at_bvlc_weights():
         assert weights["url"] == f"http://dl.caffe.berkeleyvision.org/{name}.caffemodel"
         assert weights["sha1"] == sha1
         assert (entry.folder / "LICENSE").read_text().count("BSD 2-Clause") == 1
-        assert not zoo.is_downloaded(entry)
+        assert not zoo.is_downloaded(entry) and zoo.summary_row(entry)["weights"] == "fetchable"
     assert zoo.get_entry("cifar10_quick").file_record("weights") is None
+    assert zoo.weights_status(zoo.get_entry("cifar10_quick")) == "none"
 
 
 def test_classic_configs_parse():

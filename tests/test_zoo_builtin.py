@@ -31,7 +31,7 @@ def test_shipped_weights_reproduce_the_recorded_metric(name, floor):
     from dlsoft.data.digits import load_digits
 
     entry = zoo.get_entry(name)
-    assert entry.ships_weights and zoo.is_downloaded(entry)  # verified against its sha256
+    assert zoo.weights_status(entry) == "shipped"  # present and matching its sha256
     [metric] = entry.metrics
     images, labels = load_digits("test")
     assert metric["name"] == "accuracy"

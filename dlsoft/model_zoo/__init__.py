@@ -32,6 +32,7 @@ PREFIX = "zoo:"
 
 __all__ = ["Entry", "list_entries", "get_entry", "resolve", "load", "copy_entry", "fetch", "publish",
            "add_index", "remove_index", "added_indexes", "is_downloaded", "local_path", "cache_dir",
+           "weights_status", "summary_row", "builtin_entries",
            "config_file", "BUILTIN_DIR"]
 
 
@@ -155,6 +156,21 @@ def is_downloaded(entry: Entry, key: str = "weights") -> bool:
         return True
     except DlsoftError:
         return False
+
+
+def weights_status(entry: Entry) -> str:
+    """``shipped``, ``downloaded``, ``fetchable`` (a URL, not downloaded yet) or ``none``."""
+    if entry.file_record("weights") is None:
+        return "none"
+    if not is_downloaded(entry):
+        return "fetchable"
+    return "shipped" if entry.ships_weights and entry.folder is not None else "downloaded"
+
+
+def summary_row(entry: Entry) -> dict:
+    """One row of ``zoo list``: name, task, metric, weights size in bytes (or None), weights status."""
+    return {"name": entry.name, "task": entry.task, "metric": entry.metric_summary(),
+            "size": entry.weights_size(), "weights": weights_status(entry)}
 
 
 def resolve(ref, kind: str = "model", *, download_missing: bool | None = None,
