@@ -55,6 +55,7 @@ def download(location: str, dest: str | Path, record: dict | None = None, *,
     made progress is resumed up to ``retries`` times before giving up (the ``.part`` stays
     for a later call to resume). Returns ``dest``.
     """
+    verify = record is not None  # an index file has no checksum to check against
     record = record or {}
     dest = Path(dest)
     if dest.is_file():
@@ -75,7 +76,7 @@ def download(location: str, dest: str | Path, record: dict | None = None, *,
                 raise DlsoftError(f"download of {location} was interrupted at {got} bytes ({exc.reason}); "
                                   f"run the fetch again to resume") from None
             log.info("download of %s interrupted at %d bytes (%s); resuming", location, got, exc.reason)
-    _verify_part(location, part, record)
+    _verify_part(location, part, record, warn_unverified=verify)
     os.replace(part, dest)
     return dest
 
@@ -160,7 +161,7 @@ def _copy(src, out, done: int, total: int | None, progress: Progress | None) -> 
             progress(done, total)
 
 
-def _verify_part(location: str, part: Path, record: dict) -> None:
+def _verify_part(location: str, part: Path, record: dict, warn_unverified: bool = True) -> None:
     size = part.stat().st_size
     expected_size = record.get("size")
     checksum = checksum_of(record)
@@ -172,7 +173,7 @@ def _verify_part(location: str, part: Path, record: dict) -> None:
         actual = file_digest(part, algorithm)
         if actual != expected:
             problem = f"{algorithm} {actual}, expected {expected}"
-    else:
+    elif warn_unverified:
         log.warning("%s has no recorded checksum: it was not verified", location)
     if problem is not None:
         part.unlink(missing_ok=True)
