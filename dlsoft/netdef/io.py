@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
@@ -268,7 +267,7 @@ def parse_yaml(text: str, message_type: type[M], path: str = "<string>") -> M:
         raise ParseError(f"YAML syntax error: {problem}", path=path,
                          line=mark.line + 1 if mark is not None else None) from None
     msg = message_type()
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == "" ):
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
         return msg
     data = _YamlReader(path).message(root, message_type.DESCRIPTOR)
     try:
