@@ -18,7 +18,7 @@ class Blob:
     Blob does, so a net reshaped to a smaller batch keeps its memory.
     """
 
-    __slots__ = ("name", "device", "_shape", "_data", "_diff", "_capacity", "_data_store", "_diff_store")
+    __slots__ = ("name", "device", "_shape", "_count", "_data", "_diff", "_capacity", "_data_store", "_diff_store")
 
     def __init__(self, shape: Iterable[int] = (), device: Device = CPU, name: str = ""):
         self.name = name
@@ -42,7 +42,7 @@ class Blob:
 
     @property
     def count(self) -> int:
-        return int(np.prod(self._shape, dtype=np.int64)) if self._shape else 1
+        return self._count
 
     @property
     def num_axes(self) -> int:
@@ -68,14 +68,14 @@ class Blob:
             raise ValueError(f"blob {self.name!r}: negative dimension in shape {shape}")
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if count > self._capacity:
-            xp = self.xp
             with self.device.activate():
-                self._data_store = xp.zeros(count, dtype=DTYPE)
-                self._diff_store = xp.zeros(count, dtype=DTYPE)
+                self._data_store = self.xp.zeros(count, dtype=DTYPE)
+            self._diff_store = None  # allocated on first use: inference nets never need it
             self._capacity = count
         self._shape = shape
+        self._count = count
         self._data = self._data_store[:count].reshape(shape)
-        self._diff = self._diff_store[:count].reshape(shape)
+        self._diff = None
         return self
 
     def reshape_like(self, other: "Blob") -> "Blob":
@@ -90,8 +90,8 @@ class Blob:
     def share_diff(self, other: "Blob") -> None:
         """Make this blob use ``other``'s diff storage (same count required)."""
         self._check_same_count(other)
-        self._diff_store = other._diff_store
-        self._diff = other._diff.reshape(self._shape)
+        self._diff_store = other.diff.reshape(-1)
+        self._diff = other.diff.reshape(self._shape)
 
     def _check_same_count(self, other: "Blob") -> None:
         if other.count != self.count:
@@ -108,6 +108,12 @@ class Blob:
 
     @property
     def diff(self):
+        if self._diff is None:
+            count = self.count
+            if self._diff_store is None or self._diff_store.size < count:
+                with self.device.activate():
+                    self._diff_store = self.xp.zeros(max(count, self._capacity), dtype=DTYPE)
+            self._diff = self._diff_store[:count].reshape(self._shape)
         return self._diff
 
     @diff.setter
@@ -119,12 +125,13 @@ class Blob:
         if device == self.device:
             return self
         data = self._host(self._data)
-        diff = self._host(self._diff)
+        diff = None if self._diff is None else self._host(self._diff)
         self.device = device
         self._capacity = -1
         self.reshape(self._shape)
         self._data[...] = self.xp.asarray(data)
-        self._diff[...] = self.xp.asarray(diff)
+        if diff is not None:
+            self.diff[...] = self.xp.asarray(diff)
         return self
 
     @staticmethod

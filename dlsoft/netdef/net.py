@@ -1,0 +1,489 @@
+"""Net: a built static graph of layers and blobs, with pycaffe's API.
+
+Building a net (``Net.__init__``) follows Caffe's ``Net::Init``: filter layers by
+NetState, insert splits, check producers, create each layer and its top blobs in
+order (a top named like one of the layer's bottoms is that very blob: in-place), set
+the layer up and infer shapes, attach loss weights, share parameters named by
+ParamSpec, then work out which layers need backward.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..backend import Device, parse_device, to_numpy
+from ..blob import Blob
+from ..errors import DlsoftError, NetDefinitionError, WeightsError
+from ..layers import Layer, create_layer
+from ..protos import caffe_pb2
+from . import graph, io
+
+log = logging.getLogger(__name__)
+
+PHASE_NAMES = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
+
+
+class Net:
+    """A network built from a prototxt/YAML file or a NetParameter.
+
+    ``Net(model, phase="TEST", weights=None, stages=(), level=0, device="cpu")``
+
+    Attributes mirror pycaffe: ``blobs`` (name -> Blob), ``params`` (layer name -> list
+    of Blobs), ``layers``, ``layer_names``, ``inputs``, ``outputs``. Blob arrays live on
+    the net's device (numpy on the CPU, cupy on a GPU).
+    """
+
+    def __init__(self, model, phase: str = "TRAIN", weights: str | Path | None = None,
+                 stages: Iterable[str] = (), level: int | None = None, device="cpu"):
+        if isinstance(model, (str, Path)):
+            self.source: str | None = str(model)
+            net_param = io.read_net(model)
+        elif isinstance(model, caffe_pb2.NetParameter):
+            self.source = None
+            net_param = model
+        else:
+            raise TypeError(f"model must be a path or a NetParameter, not {type(model).__name__}")
+        self.device: Device = parse_device(device)
+        self.name = net_param.name
+        state = graph.make_state(net_param, phase, level, tuple(stages))
+        self.phase = PHASE_NAMES[state.phase]
+        filtered = graph.filter_net(net_param, state, self.source)
+        graph.check_bottoms(filtered, self.source)
+        self.net_param = graph.insert_splits(filtered)
+        self.force_backward = net_param.force_backward
+
+        self.layers: list[Layer] = []
+        self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
+        self.bottom_ids: list[list[Blob]] = []
+        self.top_ids: list[list[Blob]] = []
+        self.bottom_names: "OrderedDict[str, list[str]]" = OrderedDict()
+        self.top_names: "OrderedDict[str, list[str]]" = OrderedDict()
+        self.blob_loss_weights: dict[str, float] = {}
+        self._loss_tops: list[tuple[Blob, float]] = []
+        self._param_owner: dict[str, tuple[int, int]] = {}
+        self.learnable_params: list[Blob] = []
+        self.params_lr: list[float] = []
+        self.params_weight_decay: list[float] = []
+        self._reshaped_for: list[tuple] = []
+        with self.device.activate():
+            self._build()
+        self._analyse_backward()
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------ building
+    def _where(self, layer_param) -> dict:
+        return {"path": self.source, "line": graph.locate_layer(self.source, layer_param.name)}
+
+    def _build(self) -> None:
+        available: dict[str, Blob] = {}
+        input_names: list[str] = []
+        for layer_param in self.net_param.layer:
+            try:
+                layer = create_layer(layer_param, phase=self.phase, device=self.device)
+            except DlsoftError as exc:
+                raise NetDefinitionError(f"layer '{layer_param.name}': {exc.detail}", **self._where(layer_param)) from None
+            bottoms = [available[name] for name in layer_param.bottom]
+            tops = []
+            for name in layer_param.top:
+                if name in layer_param.bottom:  # in-place: the top is the bottom blob itself
+                    tops.append(available[name])
+                    continue
+                if name in self.blobs:
+                    raise NetDefinitionError(f"layer '{layer_param.name}': top '{name}' is produced by "
+                                             "more than one layer", **self._where(layer_param))
+                blob = Blob((), self.device, name=name)
+                self.blobs[name] = blob
+                tops.append(blob)
+            self._check_counts(layer, layer_param, len(bottoms), tops)
+            try:
+                layer.setup(bottoms, tops)
+                layer.reshape(bottoms, tops)
+            except DlsoftError as exc:
+                raise type(exc)(exc.detail if exc.path is None else str(exc), **self._where(layer_param)) from None
+            for name in layer_param.bottom:
+                available.pop(name, None)
+            for name, blob in zip(layer_param.top, tops):
+                available[name] = blob
+            if layer.type == "Input":
+                input_names.extend(layer_param.top)
+            self.layers.append(layer)
+            self.bottom_ids.append(bottoms)
+            self.top_ids.append(tops)
+            self.bottom_names[layer.name] = list(layer_param.bottom)
+            self.top_names[layer.name] = [blob.name for blob in tops]
+            self._reshaped_for.append(tuple(b.shape for b in bottoms))
+            self._attach_loss_weights(layer, layer_param, tops)
+            self._append_params(len(self.layers) - 1, layer)
+        self.inputs: list[str] = input_names
+        self.outputs: list[str] = list(available)
+        self.layer_names = [layer.name for layer in self.layers]
+        self.layer_dict = OrderedDict((layer.name, layer) for layer in self.layers)
+        self.params: "OrderedDict[str, list[Blob]]" = OrderedDict(
+            (layer.name, layer.blobs) for layer in self.layers if layer.blobs)
+
+    def _check_counts(self, layer: Layer, layer_param, n_bottoms: int, tops: list[Blob]) -> None:
+        def bad(what: str) -> NetDefinitionError:
+            return NetDefinitionError(f"layer '{layer.name}' (type {layer.type}): {what}", **self._where(layer_param))
+
+        if layer.exact_num_bottoms >= 0 and n_bottoms != layer.exact_num_bottoms:
+            raise bad(f"takes {layer.exact_num_bottoms} bottom blob(s), got {n_bottoms}")
+        if layer.min_bottoms >= 0 and n_bottoms < layer.min_bottoms:
+            raise bad(f"takes at least {layer.min_bottoms} bottom blob(s), got {n_bottoms}")
+        if layer.max_bottoms >= 0 and n_bottoms > layer.max_bottoms:
+            raise bad(f"takes at most {layer.max_bottoms} bottom blob(s), got {n_bottoms}")
+        wanted = max(layer.exact_num_tops, layer.min_tops)
+        if layer.auto_top_blobs and len(tops) < wanted:
+            for k in range(len(tops), wanted):  # anonymous tops the layer insists on
+                name = f"({layer.name}:{k})"
+                blob = Blob((), self.device, name=name)
+                self.blobs[name] = blob
+                tops.append(blob)
+        if layer.exact_num_tops >= 0 and len(tops) != layer.exact_num_tops:
+            raise bad(f"produces {layer.exact_num_tops} top blob(s), got {len(tops)}")
+        if layer.min_tops >= 0 and len(tops) < layer.min_tops:
+            raise bad(f"produces at least {layer.min_tops} top blob(s), got {len(tops)}")
+        if layer.max_tops >= 0 and len(tops) > layer.max_tops:
+            raise bad(f"produces at most {layer.max_tops} top blob(s), got {len(tops)}")
+        if layer.equal_num_bottom_top and n_bottoms != len(tops):
+            raise bad(f"needs as many tops as bottoms, got {n_bottoms} and {len(tops)}")
+
+    def _attach_loss_weights(self, layer: Layer, layer_param, tops: list[Blob]) -> None:
+        weights = list(layer_param.loss_weight)
+        if not weights and layer.type.endswith("Loss") and tops:
+            weights = [1.0]  # Caffe's LossLayer default: the first top is the loss
+        if len(weights) > len(tops):
+            raise NetDefinitionError(f"layer '{layer.name}': {len(weights)} loss_weight values for "
+                                     f"{len(tops)} tops", **self._where(layer_param))
+        for blob, weight in zip(tops, weights):
+            if weight:
+                self.blob_loss_weights[blob.name] = float(weight)
+                self._loss_tops.append((blob, float(weight)))
+
+    def _append_params(self, layer_index: int, layer: Layer) -> None:
+        """Register the layer's blobs as net parameters, sharing those named alike."""
+        specs = layer.param.param  # read after setup: layers may add specs (BatchNorm does)
+        if len(specs) > len(layer.blobs):
+            raise NetDefinitionError(f"layer '{layer.name}' (type {layer.type}): {len(specs)} param specs "
+                                     f"for {len(layer.blobs)} parameter blobs", **self._where(layer.param))
+        layer.param_propagate_down = []
+        for i, blob in enumerate(layer.blobs):
+            spec = specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
+            lr_mult = spec.lr_mult if spec.HasField("lr_mult") else 1.0
+            decay_mult = spec.decay_mult if spec.HasField("decay_mult") else 1.0
+            layer.param_propagate_down.append(lr_mult != 0)
+            owner = self._param_owner.get(spec.name) if spec.name else None
+            if owner is None:
+                if spec.name:
+                    self._param_owner[spec.name] = (layer_index, i)
+                self.learnable_params.append(blob)
+                self.params_lr.append(lr_mult)
+                self.params_weight_decay.append(decay_mult)
+                continue
+            owner_blob = self.layers[owner[0]].blobs[owner[1]]
+            strict = spec.share_mode != caffe_pb2.ParamSpec.PERMISSIVE
+            if (strict and owner_blob.shape != blob.shape) or owner_blob.count != blob.count:
+                raise NetDefinitionError(
+                    f"layer '{layer.name}': shared param '{spec.name}' has shape {blob.shape} here but "
+                    f"{owner_blob.shape} in layer '{self.layers[owner[0]].name}'", **self._where(layer.param))
+            blob.share_data(owner_blob)
+            blob.share_diff(owner_blob)
+            owner_index = self.learnable_params.index(owner_blob)
+            if spec.HasField("lr_mult") and self.params_lr[owner_index] != lr_mult:
+                raise NetDefinitionError(f"layer '{layer.name}': shared param '{spec.name}' has lr_mult "
+                                         f"{lr_mult}, its owner {self.params_lr[owner_index]}",
+                                         **self._where(layer.param))
+
+    def _analyse_backward(self) -> None:
+        """Caffe's need-backward analysis: skip layers no loss depends on."""
+        n = len(self.layers)
+        needs_grad: dict[int, bool] = {}  # id(blob) -> does its value depend on something learnable
+        self.layer_need_backward = [False] * n
+        self.bottom_need_backward: list[list[bool]] = []
+        for i, layer in enumerate(self.layers):
+            layer_param = layer.param
+            flags = []
+            for j, blob in enumerate(self.bottom_ids[i]):
+                allowed = (j >= len(layer_param.propagate_down) or layer_param.propagate_down[j])
+                flags.append(needs_grad.get(id(blob), False) and allowed and layer.allow_backward_to(j))
+            need = any(flags) or any(layer.param_propagate_down)
+            if layer.forward_only:
+                need, flags = False, [False] * len(flags)
+            for blob in self.top_ids[i]:
+                needs_grad[id(blob)] = need
+            self.layer_need_backward[i] = need
+            self.bottom_need_backward.append(flags)
+        # Walk back from the losses: layers that reach no loss need no backward.
+        under_loss: set[int] = {id(blob) for blob, _ in self._loss_tops}
+        for i in reversed(range(n)):
+            tops = self.top_ids[i]
+            contributes = any(id(blob) in under_loss for blob in tops)
+            if not contributes:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_ids[i])
+            else:
+                under_loss.update(id(blob) for blob in self.bottom_ids[i])
+        if self.force_backward:
+            for i, layer in enumerate(self.layers):
+                if layer.forward_only:
+                    continue
+                self.bottom_need_backward[i] = [
+                    flag or layer.allow_backward_to(j) for j, flag in enumerate(self.bottom_need_backward[i])]
+                self.layer_need_backward[i] = self.layer_need_backward[i] or any(self.bottom_need_backward[i]) \
+                    or bool(layer.blobs)
+        for i, layer in enumerate(self.layers):
+            if not self.layer_need_backward[i]:
+                log.debug("%s does not need backward computation.", layer.name)
+
+    # ------------------------------------------------------------------ running
+    def _set_inputs(self, inputs: Mapping[str, object]) -> None:
+        reshape = False
+        for name, value in inputs.items():
+            if name not in self.blobs:
+                raise NetDefinitionError(f"forward: no blob named '{name}' (inputs: {', '.join(self.inputs)})")
+            blob = self.blobs[name]
+            array = np.asarray(value, dtype=np.float32) if not hasattr(value, "__cuda_array_interface__") else value
+            if tuple(array.shape) != blob.shape:
+                blob.reshape(array.shape)
+                reshape = True
+            blob.data[...] = blob.xp.asarray(array)
+        if reshape:
+            self.reshape()
+
+    def reshape(self) -> None:
+        """Propagate shapes through every layer (after an input blob changed shape)."""
+        with self.device.activate():
+            for i, layer in enumerate(self.layers):
+                layer.reshape(self.bottom_ids[i], self.top_ids[i])
+                self._reshaped_for[i] = tuple(b.shape for b in self.bottom_ids[i])
+
+    def forward_prefilled(self, start: int = 0, end: int | None = None) -> float:
+        """Run layers ``start..end`` on the blobs as they are; returns the weighted loss."""
+        end = len(self.layers) - 1 if end is None else end
+        with self.device.activate():
+            for i in range(start, end + 1):
+                layer, bottoms, tops = self.layers[i], self.bottom_ids[i], self.top_ids[i]
+                shapes = tuple(b.shape for b in bottoms)
+                if shapes != self._reshaped_for[i]:  # as Caffe, reshape when inputs change
+                    layer.reshape(bottoms, tops)
+                    self._reshaped_for[i] = shapes
+                layer.forward(bottoms, tops)
+            loss = 0.0
+            for blob, weight in self._loss_tops:
+                loss += weight * float(blob.data.sum())
+        return loss
+
+    def forward(self, blobs: Iterable[str] = (), start: str | None = None, end: str | None = None,
+                **inputs) -> "OrderedDict[str, np.ndarray]":
+        """Set input blobs from keyword arguments, run forward, return the outputs.
+
+        Like pycaffe: ``net.forward(data=images)["prob"]``. ``blobs`` names extra blobs
+        to return; ``start``/``end`` are layer names bounding the pass. Arrays returned
+        are the blobs' own storage (numpy or cupy): copy them to keep them.
+        """
+        self._set_inputs(inputs)
+        start_index = self.layer_names.index(start) if start else 0
+        end_index = self.layer_names.index(end) if end else len(self.layers) - 1
+        self.loss = self.forward_prefilled(start_index, end_index)
+        names = list(self.outputs if end is None else self.top_names[end]) + [b for b in blobs]
+        return OrderedDict((name, self.blobs[name].data) for name in names)
+
+    def backward(self, diffs: Iterable[str] = (), start: str | None = None, end: str | None = None,
+                 **top_diffs) -> "OrderedDict[str, np.ndarray]":
+        """Run backward from the losses (or from ``top_diffs`` given for output blobs).
+
+        Returns the diffs of the input blobs (and of ``diffs``), as pycaffe does.
+        """
+        for name, value in top_diffs.items():
+            if name not in self.outputs:
+                raise NetDefinitionError(f"backward: '{name}' is not an output blob ({', '.join(self.outputs)})")
+            blob = self.blobs[name]
+            blob.diff[...] = blob.xp.asarray(np.asarray(value, dtype=np.float32)
+                                             if not hasattr(value, "__cuda_array_interface__") else value)
+        start_index = self.layer_names.index(start) if start else len(self.layers) - 1
+        end_index = self.layer_names.index(end) if end else 0
+        self.backward_from_to(start_index, end_index, set_loss_diffs=not top_diffs)
+        return OrderedDict((name, self.blobs[name].diff) for name in list(self.inputs) + list(diffs))
+
+    def backward_from_to(self, start: int, end: int = 0, set_loss_diffs: bool = True) -> None:
+        with self.device.activate():
+            if set_loss_diffs:
+                for blob, weight in self._loss_tops:
+                    blob.diff.fill(weight)
+            for i in range(start, end - 1, -1):
+                if self.layer_need_backward[i]:
+                    self.layers[i].backward(self.top_ids[i], self.bottom_need_backward[i], self.bottom_ids[i])
+
+    def forward_backward(self) -> float:
+        """One forward and backward pass (what the solver runs); returns the loss."""
+        loss = self.forward_prefilled()
+        self.loss = loss
+        self.backward_from_to(len(self.layers) - 1)
+        return loss
+
+    def clear_param_diffs(self) -> None:
+        """Zero every learnable blob's diff (the solver calls this each iteration)."""
+        for blob in self.learnable_params:
+            blob.diff.fill(0)
+
+    # ------------------------------------------------------------------ weights
+    def share_trained_layers_with(self, other: "Net") -> None:
+        """Use ``other``'s parameter storage for same-named layers (test nets share the train net's)."""
+        for layer in self.layers:
+            source = other.layer_dict.get(layer.name)
+            if source is None or not layer.blobs:
+                continue
+            if len(source.blobs) != len(layer.blobs):
+                raise WeightsError(f"layer '{layer.name}': {len(layer.blobs)} blobs here, "
+                                   f"{len(source.blobs)} in the net it shares with")
+            for mine, theirs in zip(layer.blobs, source.blobs):
+                if mine.shape != theirs.shape:
+                    raise WeightsError(f"layer '{layer.name}': blob shape {mine.shape} here, {theirs.shape} "
+                                       "in the net it shares with")
+                mine.share_data(theirs)
+
+    def copy_from(self, path: str | Path) -> None:
+        """Load weights from a ``.caffemodel`` (or V1 binary) or a Caffe HDF5 ``.h5`` file.
+
+        Layers are matched by name; layers of the file that this net lacks are skipped,
+        and layers of the net absent from the file keep their values.
+        """
+        path = str(path)
+        if path.endswith((".h5", ".hdf5")):
+            self._copy_from_hdf5(path)
+            return
+        source = io.read_net(path)
+        for layer_param in source.layer:
+            target = self.layer_dict.get(layer_param.name)
+            if target is None or not layer_param.blobs:
+                continue
+            arrays = [io.blob_proto_to_array(blob) for blob in layer_param.blobs]
+            self._assign_layer_blobs(path, target, arrays)
+
+    def _copy_from_hdf5(self, path: str) -> None:
+        import h5py  # noqa: PLC0415 - only needed for HDF5 weights
+        with h5py.File(path, "r") as f:
+            group = f["data"]
+            for name in group:
+                target = self.layer_dict.get(name)
+                if target is None:
+                    continue
+                arrays = [np.asarray(group[name][str(i)], dtype=np.float32) for i in range(len(group[name]))]
+                self._assign_layer_blobs(path, target, arrays)
+
+    def _assign_layer_blobs(self, path: str, layer: Layer, arrays: list[np.ndarray]) -> None:
+        if len(arrays) != len(layer.blobs):
+            raise WeightsError(f"layer '{layer.name}': the file has {len(arrays)} blobs, the net expects "
+                               f"{len(layer.blobs)}", path=path)
+        for i, (blob, array) in enumerate(zip(layer.blobs, arrays)):
+            if tuple(array.shape) != blob.shape:
+                if array.size == blob.count and _legacy_shape_match(array.shape, blob.shape):
+                    array = array.reshape(blob.shape)
+                else:
+                    raise WeightsError(f"layer '{layer.name}' blob {i}: shape {tuple(array.shape)} in the file, "
+                                       f"{blob.shape} in the net", path=path)
+            blob.data[...] = blob.xp.asarray(array)
+
+    def to_proto(self, write_diff: bool = False) -> "caffe_pb2.NetParameter":
+        """A NetParameter with every layer's definition and learnable blobs (Caffe's ToProto)."""
+        param = caffe_pb2.NetParameter()
+        param.name = self.name
+        for layer in self.layers:
+            if layer.type == "Split" and layer.name not in _declared_layers(self):
+                continue  # splits this net inserted itself are not part of the model
+            layer_param = param.layer.add()
+            layer_param.CopyFrom(layer.param)
+            layer_param.ClearField("blobs")
+            for blob in layer.blobs:
+                diff = to_numpy(blob.diff) if write_diff else None
+                layer_param.blobs.add().CopyFrom(io.array_to_blob_proto(to_numpy(blob.data), diff))
+        return param
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights as a binary ``.caffemodel`` (atomically), or HDF5 for ``.h5``."""
+        path = str(path)
+        if path.endswith((".h5", ".hdf5")):
+            self.save_hdf5(path)
+            return
+        io.atomic_write_bytes(path, self.to_proto().SerializeToString())
+
+    def save_hdf5(self, path: str | Path) -> None:
+        """Write the weights in Caffe's HDF5 layout (``data/<layer>/<i>``), atomically."""
+        import os
+        import tempfile
+
+        import h5py  # noqa: PLC0415
+        path = str(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".h5")
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                data = f.create_group("data")
+                for layer in self.layers:
+                    if layer.blobs:
+                        group = data.create_group(layer.name)
+                        for i, blob in enumerate(layer.blobs):
+                            group.create_dataset(str(i), data=to_numpy(blob.data))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # ------------------------------------------------------------------ inspection
+    def param_count(self) -> int:
+        """Total elements of every parameter blob, as pycaffe's ``net.params`` holds them."""
+        return sum(blob.count for blobs in self.params.values() for blob in blobs)
+
+    def summary(self) -> str:
+        """A table of layers: name, type, top shapes and parameter count."""
+        rows = [("layer", "type", "top shape(s)", "params")]
+        for i, layer in enumerate(self.layers):
+            shapes = ", ".join("x".join(map(str, blob.shape)) or "scalar" for blob in self.top_ids[i])
+            count = sum(blob.count for blob in layer.blobs)
+            rows.append((layer.name, layer.type, shapes, f"{count:,}" if count else "-"))
+        widths = [max(len(row[c]) for row in rows) for c in range(4)]
+        line = lambda row: "  ".join(cell.ljust(w) if c < 3 else cell.rjust(w)  # noqa: E731
+                                      for c, (cell, w) in enumerate(zip(row, widths)))
+        rule = "-" * (sum(widths) + 6)
+        total = self.param_count()
+        out = [f"Net '{self.name}' ({self.phase}, {self.device})", rule, line(rows[0]), rule]
+        out += [line(row) for row in rows[1:]]
+        out += [rule, f"{len(self.layers)} layers, {total:,} parameters "
+                      f"({total * 4 / 2**20:.2f} MiB as float32)"]
+        return "\n".join(out)
+
+    def close(self) -> None:
+        """Stop prefetch threads and release resources held by layers."""
+        for layer in self.layers:
+            layer.close()
+
+    def __enter__(self) -> "Net":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Net {self.name!r} {self.phase} {len(self.layers)} layers on {self.device}>"
+
+
+def _declared_layers(net: Net) -> set[str]:
+    cached = getattr(net, "_declared_cache", None)
+    if cached is None:
+        source_layers = {layer.name for layer in net.net_param.layer if layer.type != "Split"}
+        inserted = {layer.name for layer in net.net_param.layer
+                    if layer.type == "Split" and layer.name.endswith("_split")}
+        cached = source_layers | ({layer.name for layer in net.net_param.layer if layer.type == "Split"} - inserted)
+        net._declared_cache = cached
+    return cached
+
+
+def _legacy_shape_match(file_shape: tuple, net_shape: tuple) -> bool:
+    """Caffe accepts old 4-d (num, channels, height, width) blobs for lower-rank shapes."""
+    squeeze = lambda shape: tuple(d for d in shape if d != 1)  # noqa: E731
+    return squeeze(tuple(file_shape)) == squeeze(tuple(net_shape))
