@@ -1,0 +1,155 @@
+"""im2col / col2im: the geometry of 2-d convolution, on numpy/cupy arrays and as CUDA kernels.
+
+For an input ``x`` of shape (N, C, H, W), kernel (kh, kw), pad (ph, pw), stride (sh, sw)
+and dilation (dh, dw) the output plane is (oh, ow) with
+``o = (in + 2*pad - (dilation*(kernel-1)+1)) // stride + 1``, and
+
+    col[n, c, i, j, y, x] = x_padded[n, c, y*sh + i*dh, x*sw + j*dw]
+
+(zero outside the input). ``col2im`` is its transpose: every ``col`` entry is *added*
+back to the input pixel it was read from. Caffe's layout (per image, rows ``c*kh*kw +
+i*kw + j``, columns ``y*ow + x``) is ``col[n]`` reshaped; the convolution layers use
+the transposed order (C, kh, kw, N, oh, ow) so that one GEMM per group covers the batch.
+
+The numpy versions take one strided view of a padded copy (no Python loop over pixels)
+for im2col and loop over the kh*kw kernel offsets adding strided slices for col2im.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Kernel, pad, stride and dilation of a 2-d window operation, plus the plane sizes."""
+
+    channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    pad: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        return tuple((size + 2 * p - (d * (k - 1) + 1)) // s + 1
+                     for size, k, p, s, d in zip((self.height, self.width), self.kernel, self.pad,
+                                                 self.stride, self.dilation))
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.height + 2 * self.pad[0], self.width + 2 * self.pad[1]
+
+    def col_shape(self, num: int) -> tuple[int, ...]:
+        """Shape of the batch-major col array: (N, C, kh, kw, oh, ow)."""
+        return (num, self.channels, *self.kernel, *self.out_shape)
+
+
+def padded_input(xp, x, geometry: Geometry, buffer=None):
+    """``x`` (N, C, H, W) zero-padded by ``geometry.pad``; ``buffer`` (same padded shape,
+    zero border) is reused when given. Without padding ``x`` itself is returned."""
+    ph, pw = geometry.pad
+    if ph == 0 and pw == 0:
+        return x
+    if buffer is None:
+        buffer = xp.zeros(x.shape[:2] + geometry.padded_shape, dtype=x.dtype)
+    buffer[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
+    return buffer
+
+
+def im2col_view(xp, padded, geometry: Geometry):
+    """A read-only strided view (N, C, kh, kw, oh, ow) of a padded input: no copy."""
+    sn, sc, sy, sx = padded.strides
+    (dh, dw), (sh, sw) = geometry.dilation, geometry.stride
+    shape = (padded.shape[0], padded.shape[1], *geometry.kernel, *geometry.out_shape)
+    strides = (sn, sc, sy * dh, sx * dw, sy * sh, sx * sw)
+    return xp.lib.stride_tricks.as_strided(padded, shape=shape, strides=strides)
+
+
+def col2im_add(col, padded_diff, geometry: Geometry) -> None:
+    """Add ``col`` (N, C, kh, kw, oh, ow; any strides) into ``padded_diff`` (N, C, Hp, Wp)
+    at the pixels im2col read them from. ``padded_diff`` must be zeroed by the caller."""
+    (kh, kw), (dh, dw), (sh, sw) = geometry.kernel, geometry.dilation, geometry.stride
+    oh, ow = geometry.out_shape
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dh, j * dw
+            padded_diff[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] += col[:, :, i, j]
+
+
+def unpad(padded, geometry: Geometry):
+    """The interior (N, C, H, W) view of a padded array."""
+    ph, pw = geometry.pad
+    return padded[:, :, ph:ph + geometry.height, pw:pw + geometry.width]
+
+
+# ---- CUDA kernels ------------------------------------------------------------------------
+# Both kernels take a ``layout`` flag for the col array: 0 = batch-major (N, C, kh, kw, oh, ow),
+# Caffe's per-image order; 1 = channel-major (C, kh, kw, N, oh, ow), the convolution GEMM order.
+
+IM2COL_SOURCE = r"""
+extern "C" __global__ void dl_im2col(
+    const float* x, float* col, const int num, const int channels, const int height, const int width,
+    const int kh, const int kw, const int ph, const int pw, const int sh, const int sw,
+    const int dh, const int dw, const int oh, const int ow, const int layout) {
+  const long long total = (long long)num * channels * kh * kw * oh * ow;
+  for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+       index += (long long)blockDim.x * gridDim.x) {
+    const int ox = index % ow;
+    const int oy = (index / ow) % oh;
+    long long rest = index / ((long long)ow * oh);
+    int n, c, i, j;
+    if (layout == 0) {
+      j = rest % kw; rest /= kw; i = rest % kh; rest /= kh; c = rest % channels; n = rest / channels;
+    } else {
+      n = rest % num; rest /= num; j = rest % kw; rest /= kw; i = rest % kh; c = rest / kh;
+    }
+    const int y = oy * sh - ph + i * dh;
+    const int xx = ox * sw - pw + j * dw;
+    float value = 0.f;
+    if (y >= 0 && y < height && xx >= 0 && xx < width) {
+      value = x[(((long long)n * channels + c) * height + y) * width + xx];
+    }
+    col[index] = value;
+  }
+}
+"""
+
+COL2IM_SOURCE = r"""
+extern "C" __global__ void dl_col2im(
+    const float* col, float* x, const int num, const int channels, const int height, const int width,
+    const int kh, const int kw, const int ph, const int pw, const int sh, const int sw,
+    const int dh, const int dw, const int oh, const int ow, const int layout) {
+  // One thread per input pixel gathers every col entry read from it: no atomics needed.
+  const long long total = (long long)num * channels * height * width;
+  for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+       index += (long long)blockDim.x * gridDim.x) {
+    const int xx = index % width;
+    const int y = (index / width) % height;
+    const int c = (index / ((long long)width * height)) % channels;
+    const int n = index / ((long long)width * height * channels);
+    float sum = 0.f;
+    for (int i = 0; i < kh; ++i) {
+      const int ty = y + ph - i * dh;
+      if (ty < 0 || ty % sh != 0) continue;
+      const int oy = ty / sh;
+      if (oy >= oh) continue;
+      for (int j = 0; j < kw; ++j) {
+        const int tx = xx + pw - j * dw;
+        if (tx < 0 || tx % sw != 0) continue;
+        const int ox = tx / sw;
+        if (ox >= ow) continue;
+        long long row;
+        if (layout == 0) {
+          row = (((long long)n * channels + c) * kh + i) * kw + j;
+        } else {
+          row = (((long long)c * kh + i) * kw + j) * num + n;
+        }
+        sum += col[(row * oh + oy) * ow + ox];
+      }
+    }
+    x[index] = sum;
+  }
+}
+"""
