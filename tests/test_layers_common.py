@@ -507,7 +507,10 @@ IN_PLACE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,phase,extra", IN_PLACE_CASES, ids=[f"{c[0].split()[1]}-{c[1]}" for c in IN_PLACE_CASES])
+IN_PLACE_IDS = [c[0].split()[1].strip('"') + f"-{c[1]}-{i}" for i, c in enumerate(IN_PLACE_CASES)]
+
+
+@pytest.mark.parametrize("text,phase,extra", IN_PLACE_CASES, ids=IN_PLACE_IDS)
 def test_in_place_matches_out_of_place(text, phase, extra):
     x, dy = rand(4, 3, 2, 2), rand(4, 3, 2, 2, seed=11)
     layer, bottoms, tops = run_layer(text, [x, *extra], phase=phase)
@@ -548,7 +551,7 @@ def test_layer_param_names():
 
 # ---- GPU ---------------------------------------------------------------------------------
 
-GPU_CASES = [c for c in GRADIENT_CASES] + [
+GPU_CASES = [c for c in GRADIENT_CASES if c[0] != "dropout"] + [  # GPU masks come from cupy's generator
     ("argmax", 'type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', [distinct(2, 3, 4)], {}),
     ("argmax-axis", 'type: "ArgMax" argmax_param { axis: 1 }', [distinct(2, 3, 4)], {}),
     ("batchnorm-test", 'type: "BatchNorm"', [rand(3, 2, 3, 2)], {"phase": "TEST"}),
@@ -561,3 +564,57 @@ GPU_CASES = [c for c in GRADIENT_CASES] + [
 def test_gpu_matches_cpu(text, bottoms, kwargs):
     options = {k: v for k, v in kwargs.items() if k in ("phase", "num_tops")}
     compare_devices(text, bottoms, **options)
+
+
+def test_batchnorm_masks_its_statistics_from_the_solver():
+    layer, _, _ = run_layer('type: "BatchNorm"', [rand(2, 3)])
+    assert [spec.lr_mult for spec in layer.param.param] == [0.0, 0.0, 0.0]
+    layer, _, _ = run_layer('type: "BatchNorm" param { lr_mult: 0 }', [rand(2, 3)])
+    assert [spec.lr_mult for spec in layer.param.param] == [0.0, 0.0, 0.0]
+    with pytest.raises(NetDefinitionError, match="lr_mult 1"):
+        run_layer('type: "BatchNorm" param { lr_mult: 1 }', [rand(2, 3)])
+
+
+@pytest.mark.gpu
+def test_gpu_dropout_mask_statistics():
+    x = rand(200, 50, low=0.5, high=1.5)
+    layer, bottoms, tops = run_layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 }', [x], device="gpu")
+    y = tops[0].data.get()
+    kept = y != 0
+    assert abs(1 - kept.mean() - 0.25) < 0.02
+    close(y[kept], x[kept] / 0.75)
+    dy = rand(200, 50, seed=1)
+    tops[0].diff[...] = tops[0].xp.asarray(dy)
+    layer.backward(tops, [True], bottoms)
+    close(bottoms[0].diff.get(), np.where(kept, dy / 0.75, 0))
+
+
+def test_layers_in_a_net_with_split_and_in_place_chain():
+    import dlsoft
+    from dlsoft.protos import caffe_pb2
+    from google.protobuf import text_format
+    text = '''
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 dim: 2 dim: 2 } } }
+    layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }
+    layer { name: "sc" type: "Scale" bottom: "data" top: "data" scale_param { bias_term: true } }
+    layer { name: "fl" type: "Flatten" bottom: "data" top: "flat" }
+    layer { name: "ip1" type: "InnerProduct" bottom: "flat" top: "a"
+            inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+    layer { name: "ip2" type: "InnerProduct" bottom: "flat" top: "b"
+            inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+    layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+    layer { name: "prob" type: "Softmax" bottom: "sum" top: "prob" }
+    layer { name: "loss" type: "Reduction" bottom: "prob" top: "loss" reduction_param { operation: SUMSQ }
+            loss_weight: 1 }
+    '''
+    net = dlsoft.Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase="TRAIN")
+    assert "Split" in [layer.type for layer in net.layers]
+    assert net.params_lr[:3] == [0.0, 0.0, 0.0]  # BatchNorm statistics are masked
+    net.blobs["data"].data[...] = rand(4, 3, 2, 2)
+    loss = net.forward_backward()
+    prob = net.blobs["prob"].data
+    assert np.isclose(loss, float((prob ** 2).sum()), rtol=1e-5)
+    assert not net.params["bn"][0].diff.any()
+    assert net.params["ip1"][0].diff.any()
+    # Both branches share the split's input and get the same upstream diff: equal gradients.
+    close(net.params["ip1"][0].diff, net.params["ip2"][0].diff)

@@ -173,9 +173,8 @@ class EmbedLayer(Layer):
 
 def _legacy_axis(layer: Layer, bottom, param, legacy_field: str) -> int:
     """``axis``, or the legacy ``concat_dim``/``slice_dim`` when that is set (Caffe's rule)."""
-    if param.HasField(legacy_field):
-        return int(getattr(param, legacy_field))
-    return canonical_axis(layer, bottom, param.axis)
+    axis = int(getattr(param, legacy_field)) if param.HasField(legacy_field) else param.axis
+    return canonical_axis(layer, bottom, axis)
 
 
 @register

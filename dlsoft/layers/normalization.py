@@ -93,6 +93,15 @@ class BatchNormLayer(Layer):
             self.blobs = [self.make_blob((self.channels,), f"{self.name}.mean"),
                           self.make_blob((self.channels,), f"{self.name}.variance"),
                           self.make_blob((1,), f"{self.name}.scale_factor")]
+        # Caffe masks the statistics from the solver: lr_mult 0 for each blob (the net
+        # reads these specs after setup); a non-zero lr_mult given by the user is an error.
+        specs = self.param.param
+        for i in range(len(self.blobs)):
+            if i == len(specs):
+                specs.add().lr_mult = 0.0
+            elif specs[i].lr_mult != 0:
+                raise self.error("its statistics blobs cannot be layer parameters: "
+                                 f"param {i} has lr_mult {specs[i].lr_mult}, expected 0 or none")
         xp = self.xp
         self.mean = xp.empty(self.channels, dtype=np.float32)
         self.var = xp.empty(self.channels, dtype=np.float32)
