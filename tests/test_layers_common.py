@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradcheck import (
+    check_gradient,
+    compare_devices,
+    layer_param,
+    make_layer,
+    run_layer,
+)
 
 from dlsoft.backend import CPU
 from dlsoft.blob import Blob
 from dlsoft.errors import NetDefinitionError
-from gradcheck import check_gradient, compare_devices, layer_param, make_layer, run_layer
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -59,8 +65,8 @@ GRADIENT_CASES = [
     ("ip-axis2", f'type: "InnerProduct" inner_product_param {{ num_output: 3 axis: 2 {GAUSS} }}', [rand(2, 3, 4)], {}),
     ("ip-transpose", f'type: "InnerProduct" inner_product_param {{ num_output: 4 transpose: true {GAUSS} }}',
      [rand(3, 6)], {}),
-    ("ip-nobias", 'type: "InnerProduct" inner_product_param { num_output: 2 bias_term: false '
-     'weight_filler { type: "xavier" } }', [rand(3, 2, 2)], {}),
+    ("ip-nobias", ('type: "InnerProduct" inner_product_param { num_output: 2 bias_term: false '
+                   'weight_filler { type: "xavier" } }'), [rand(3, 2, 2)], {}),
     ("embed", f'type: "Embed" embed_param {{ input_dim: 5 num_output: 3 {GAUSS} }}',
      [np.array([[0, 4, 2], [2, 2, 1]], np.float32)], {"check_bottoms": []}),
     ("concat", 'type: "Concat"', [rand(2, 3, 2), rand(2, 1, 2)], {}),
@@ -91,9 +97,9 @@ GRADIENT_CASES = [
     ("softmax-axis2", 'type: "Softmax" softmax_param { axis: 2 }', [rand(2, 3, 4, low=-3, high=3)], {}),
     ("batchnorm-train", 'type: "BatchNorm"', [rand(3, 2, 3, 2)], {"check_params": False}),
     ("batchnorm-2d", 'type: "BatchNorm"', [rand(5, 3)], {"check_params": False}),
-    ("scale", f'type: "Scale" scale_param {{ filler {{ type: "gaussian" }} }}', [rand(2, 3, 2)], {}),
-    ("scale-bias", 'type: "Scale" scale_param { axis: 0 num_axes: 2 bias_term: true filler { type: "gaussian" } '
-     'bias_filler { type: "gaussian" } }', [rand(2, 3, 2)], {}),
+    ("scale", 'type: "Scale" scale_param { filler { type: "gaussian" } }', [rand(2, 3, 2)], {}),
+    ("scale-bias", ('type: "Scale" scale_param { axis: 0 num_axes: 2 bias_term: true filler { type: "gaussian" } '
+                    'bias_filler { type: "gaussian" } }'), [rand(2, 3, 2)], {}),
     ("scale-2bottoms", 'type: "Scale"', [rand(2, 3, 2), rand(3, seed=5)], {}),
     ("scale-2bottoms-bias", 'type: "Scale" scale_param { axis: 0 bias_term: true bias_filler { type: "gaussian" } }',
      [rand(2, 3, 2), rand(2, 3, seed=5)], {}),
@@ -590,9 +596,10 @@ def test_gpu_dropout_mask_statistics():
 
 
 def test_layers_in_a_net_with_split_and_in_place_chain():
+    from google.protobuf import text_format
+
     import dlsoft
     from dlsoft.protos import caffe_pb2
-    from google.protobuf import text_format
     text = '''
     layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 dim: 2 dim: 2 } } }
     layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }

@@ -10,6 +10,8 @@ Shapes are read as Caffe reads them: an ``axis`` splits a blob into
 """
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from .. import random as dl_random
@@ -20,7 +22,8 @@ from .registry import register
 
 def outer_dim_inner(shape: tuple[int, ...], axis: int, num_axes: int = 1) -> tuple[int, int, int]:
     """Split ``shape`` at ``[axis, axis + num_axes)`` into (outer, dim, inner) counts."""
-    prod = lambda dims: int(np.prod(dims, dtype=np.int64))  # noqa: E731
+    def prod(dims):
+        return int(np.prod(dims, dtype=np.int64))
     return prod(shape[:axis]), prod(shape[axis:axis + num_axes]), prod(shape[axis + num_axes:])
 
 
@@ -238,9 +241,9 @@ class SliceLayer(Layer):
             if len(points) != len(tops) - 1:
                 raise self.error(f"{len(points)} slice_point(s) for {len(tops)} tops (need {len(tops) - 1})")
             bounds = [0] + points + [total]
-            if any(b >= e for b, e in zip(bounds, bounds[1:])):
+            if any(b >= e for b, e in pairwise(bounds)):
                 raise self.error(f"slice points {points} must increase strictly inside (0, {total})")
-            self.sizes = [e - b for b, e in zip(bounds, bounds[1:])]
+            self.sizes = [e - b for b, e in pairwise(bounds)]
         else:
             if total % len(tops):
                 raise self.error(f"axis {axis} of size {total} does not split into {len(tops)} equal parts")
