@@ -132,14 +132,16 @@ class _ConvolutionBase(Layer):
         self.outer = outer
         self.plane = column_plane[0] * column_plane[1]
         self.col_rows = self.geometry.channels * self.kernel[0] * self.kernel[1]
-        self.chunk = max(1, min(outer, MAX_COL_ELEMENTS // max(self.col_rows * self.plane, 1)))
+        largest = max(1, min(outer, MAX_COL_ELEMENTS // max(self.col_rows * self.plane, 1)))
+        self.chunk = -(-outer // -(-outer // largest))  # equal chunks: 16 images as 8 + 8, not 9 + 7
         self._allocate_buffers()
 
     def _allocate_buffers(self):
         xp, g, n = self.xp, self.geometry, self.chunk
         column_channels = self.channels if self.transposed else self.num_output
-        self._col = xp.empty((self.group, self.col_rows // self.group, n * self.plane), np.float32)
-        self._columns = xp.empty((self.group, column_channels // self.group, n * self.plane), np.float32)
+        # Flat storage: a chunk of any size views a contiguous prefix, which BLAS needs.
+        self._col_store = xp.empty(self.col_rows * n * self.plane, np.float32)
+        self._columns_store = xp.empty(column_channels * n * self.plane, np.float32)
         self._weight_grad = xp.empty(self.blobs[0].shape, np.float32).reshape(self.group, -1, self.col_rows // self.group)
         gpu = self.device.is_gpu
         padded = g.pad != (0, 0) and not gpu
@@ -148,13 +150,22 @@ class _ConvolutionBase(Layer):
         self._col_source = None  # which (bottom data, chunk start) self._col holds, to skip a redo
 
     # ---- the steps, each for one chunk of n images ----------------------------------------------
+    def _col(self, n: int):
+        """The col work buffer for n images: (group, K, n*P), contiguous."""
+        return self._col_store[:self.col_rows * n * self.plane].reshape(self.group, -1, n * self.plane)
+
+    def _columns(self, n: int):
+        """The column-side work buffer for n images: (group, M, n*P), contiguous."""
+        size = self._columns_store.size // self.chunk * n
+        return self._columns_store[:size].reshape(self.group, -1, n * self.plane)
+
     def _weights(self):
         return self.blobs[0].data.reshape(self.group, -1, self.col_rows // self.group)
 
     def _im2col(self, images):
         """col (group, K, n*P) from images (n, C, H, W)."""
         n, g = images.shape[0], self.geometry
-        col = self._col[:, :, :n * self.plane]
+        col = self._col(n)
         if _is_gpu(images):
             from .cuda_vision import im2col_gpu
             im2col_gpu(images, col, g, channel_major=True)
@@ -180,7 +191,7 @@ class _ConvolutionBase(Layer):
     def _gather(self, columns_side):
         """(n, group*M, P) -> (group, M, n*P), a copy into a work buffer."""
         n = columns_side.shape[0]
-        out = self._columns[:, :, :n * self.plane]
+        out = self._columns(n)
         out.reshape(-1, n, self.plane)[...] = columns_side.transpose(1, 0, 2)
         return out
 
@@ -221,7 +232,7 @@ class Convolution(_ConvolutionBase):
             images, outputs = self._as_images(bottom.data), top.data.reshape(self.outer, self.num_output, -1)
             for part in self._chunks():
                 col = self._im2col(images[part])
-                columns = self._columns[:, :, :col.shape[2]]
+                columns = self._columns(col.shape[2] // self.plane)
                 self.xp.matmul(weights, col, out=columns)
                 self._scatter(columns, outputs[part], add_bias=True)
             self._col_source = (index, bottom.data) if self.chunk >= self.outer else None
@@ -238,10 +249,10 @@ class Convolution(_ConvolutionBase):
                 if self.param_propagate_down[0]:
                     cached = self._col_source is not None and self._col_source[0] == index \
                         and self._col_source[1] is bottom.data
-                    col = self._col[:, :, :dy.shape[2]] if cached else self._im2col(images[part])
+                    col = self._col(dy.shape[2] // self.plane) if cached else self._im2col(images[part])
                     self._accumulate_weight_grad(dy, col)
                 if down:
-                    col = self._col[:, :, :dy.shape[2]]
+                    col = self._col(dy.shape[2] // self.plane)
                     self.xp.matmul(weights.transpose(0, 2, 1), dy, out=col)
                     self._col_source = None
                     self._col2im(col, self._as_images(bottom.diff)[part])
@@ -268,7 +279,7 @@ class Deconvolution(_ConvolutionBase):
             outputs = self._as_images(top.data)
             for part in self._chunks():
                 x = self._gather(inputs[part])
-                col = self._col[:, :, :x.shape[2]]
+                col = self._col(x.shape[2] // self.plane)
                 self.xp.matmul(weights.transpose(0, 2, 1), x, out=col)
                 self._col2im(col, outputs[part])
             if len(self.blobs) > 1:
@@ -286,7 +297,7 @@ class Deconvolution(_ConvolutionBase):
                 if self.param_propagate_down[0]:
                     self._accumulate_weight_grad(self._gather(inputs[part]), col)
                 if down:
-                    dx = self._columns[:, :, :col.shape[2]]
+                    dx = self._columns(col.shape[2] // self.plane)
                     self.xp.matmul(weights, col, out=dx)
                     self._scatter(dx, bottom.diff.reshape(self.outer, self.channels, -1)[part], add_bias=False)
 
