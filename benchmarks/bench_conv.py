@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from gradcheck import run_layer  # noqa: E402
+from gradcheck import run_layer
 
 CASES = {
     "LeNet conv2 64x20x12x12 -> 50 5x5": ((64, 20, 12, 12), "num_output: 50 kernel_size: 5"),

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradcheck import check_gradient, compare_devices, run_layer
 
 from dlsoft.errors import NetDefinitionError
 from dlsoft.layers import vision
 from dlsoft.layers.vision import pooled_size
-from gradcheck import check_gradient, compare_devices, run_layer
 
 COVERS = {
     "Convolution": {"gradient", "reference"},
@@ -86,7 +86,7 @@ def test_convolution_matches_torch(extra, kwargs):
     layer, bottoms, tops = run_layer(conv(6, extra), [x])
     params = [b.data.copy() for b in layer.blobs]
     bias = len(params) > 1
-    fn = lambda a, w, *b: torch.nn.functional.conv2d(a, w, b[0] if bias else None, **kwargs)  # noqa: E731
+    fn = lambda a, w, *b: torch.nn.functional.conv2d(a, w, b[0] if bias else None, **kwargs)
     expected, grads = torch_reference(fn, x, params)
     assert_close(tops[0].data, expected)
     dy = backward_with(layer, bottoms, tops)[0]
@@ -150,7 +150,7 @@ def test_deconvolution_matches_torch(extra, kwargs):
     layer, bottoms, tops = run_layer(conv(6, extra, "Deconvolution"), [x])
     assert layer.blobs[0].shape[:2] == (4, 6 // kwargs.get("groups", 1))
     params = [b.data.copy() for b in layer.blobs]
-    fn = lambda a, w, b: torch.nn.functional.conv_transpose2d(a, w, b, **kwargs)  # noqa: E731
+    fn = lambda a, w, b: torch.nn.functional.conv_transpose2d(a, w, b, **kwargs)
     expected, grads = torch_reference(fn, x, params)
     assert tops[0].shape == expected.shape
     assert_close(tops[0].data, expected)
@@ -200,9 +200,9 @@ def test_pooling_matches_torch(method, extra):
     layer, bottoms, tops = run_layer(pool(method, extra), [x])
     k, s, p = layer.kernel, layer.stride, layer.pad
     if method == "MAX":
-        fn = lambda a: torch.nn.functional.max_pool2d(a, k, s, p, ceil_mode=True)  # noqa: E731
+        fn = lambda a: torch.nn.functional.max_pool2d(a, k, s, p, ceil_mode=True)
     else:  # torch's count_include_pad divisor is Caffe's: the window clipped to the padded input
-        fn = lambda a: torch.nn.functional.avg_pool2d(a, k, s, p, ceil_mode=True, count_include_pad=True)  # noqa: E731
+        fn = lambda a: torch.nn.functional.avg_pool2d(a, k, s, p, ceil_mode=True, count_include_pad=True)
     expected, grads = torch_reference(fn, x)
     assert tops[0].shape == expected.shape
     assert_close(tops[0].data, expected)
@@ -283,7 +283,7 @@ def test_lrn_across_channels_matches_torch():
     torch = pytest.importorskip("torch")
     x = normal((2, 7, 3, 4))
     layer, bottoms, tops = run_layer(lrn("local_size: 5 alpha: 0.3 beta: 0.75 k: 2"), [x])
-    fn = lambda a: torch.nn.functional.local_response_norm(a, 5, alpha=0.3, beta=0.75, k=2.0)  # noqa: E731
+    fn = lambda a: torch.nn.functional.local_response_norm(a, 5, alpha=0.3, beta=0.75, k=2.0)
     expected, grads = torch_reference(fn, x)
     assert_close(tops[0].data, expected)
     assert_close(bottoms[0].diff, grads(backward_with(layer, bottoms, tops)[0])[0])
@@ -344,7 +344,7 @@ def test_im2col_matches_torch_unfold():
     x = normal((2, 3, 7, 6))
     layer, bottoms, tops = run_layer('type: "Im2col" convolution_param { kernel_size: 3 kernel_size: 2 '
                                      'pad: 1 stride: 2 dilation: 2 }', [x])
-    fn = lambda a: torch.nn.functional.unfold(a, (3, 2), dilation=2, padding=1, stride=2)  # noqa: E731
+    fn = lambda a: torch.nn.functional.unfold(a, (3, 2), dilation=2, padding=1, stride=2)
     expected, grads = torch_reference(fn, x)
     assert tops[0].shape == (2, 18, 3, 3)
     assert_close(tops[0].data.reshape(2, 18, -1), expected)

@@ -193,7 +193,7 @@ SOURCES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel(name: str):
     """The compiled ``cupy.RawKernel`` called ``name`` (compiled once, on first use)."""
     return cupy_module().RawKernel(SOURCES[name], name)

@@ -596,7 +596,7 @@ class LRN(Layer):
             return self.forward_cpu(bottoms, tops)
         from .cuda_vision import launch
         x = bottoms[0].data
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
         size = x.size
         launch("dl_lrn_fill_scale", size, x, self._scale, np.int64(size), np.int32(c), np.int32(h * w),
                np.int32(self.size), np.float32(self.scale_alpha), np.float32(self.k))
@@ -609,7 +609,7 @@ class LRN(Layer):
             return
         from .cuda_vision import launch
         x = bottoms[0].data
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
         launch("dl_lrn_backward", x.size, x, tops[0].data, self._scale, tops[0].diff, bottoms[0].diff,
                np.int64(x.size), np.int32(c), np.int32(h * w), np.int32(self.size), np.float32(-self.beta),
                np.float32(2.0 * self.scale_alpha * self.beta))
