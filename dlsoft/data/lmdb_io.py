@@ -8,6 +8,7 @@ records are read in key order, as Caffe's cursor does.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import lmdb
@@ -58,15 +59,42 @@ def parse_datum(value: bytes, where: str) -> "caffe_pb2.Datum":
     return datum
 
 
+# LMDB allows one Environment per file and process, so readers of one database (a train
+# and a test net, say) share it: real path -> [environment, number of open readers].
+_envs: dict[str, list] = {}
+_envs_lock = threading.Lock()
+
+
 def open_env(path: str | os.PathLike) -> lmdb.Environment:
-    """Open an existing LMDB read-only (works on read-only folders without lock.mdb)."""
+    """Open an existing LMDB read-only (works on read-only folders without lock.mdb).
+
+    Pair every call with :func:`release_env`.
+    """
     path = Path(path)
     if not (path / "data.mdb").is_file():
         raise DataError(f"LMDB not found: {path} (expected a folder holding data.mdb)")
-    try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=64)
-    except lmdb.Error as exc:
-        raise DataError(f"cannot open LMDB {path}: {exc}") from None
+    key = os.path.realpath(path)
+    with _envs_lock:
+        if key not in _envs:
+            try:
+                env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=126)
+            except lmdb.Error as exc:
+                raise DataError(f"cannot open LMDB {path}: {' '.join(str(exc).split())}") from None
+            _envs[key] = [env, 0]
+        _envs[key][1] += 1
+        return _envs[key][0]
+
+
+def release_env(env: lmdb.Environment) -> None:
+    """Close ``env`` once no reader uses it any more."""
+    with _envs_lock:
+        for key, entry in list(_envs.items()):
+            if entry[0] is env:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _envs[key]
+                    env.close()
+                return
 
 
 class LMDBReader:
@@ -82,9 +110,10 @@ class LMDBReader:
         self.is_color = is_color
         self.env = open_env(path)
         self.size = self.env.stat()["entries"]
-        if self.size == 0:
-            raise DataError(f"LMDB {self.path} is empty")
         self._txn = None
+        if self.size == 0:
+            self.close()
+            raise DataError(f"LMDB {self.path} is empty")
         self._cursor = None
 
     def first(self) -> tuple[str, np.ndarray, int]:
@@ -98,6 +127,12 @@ class LMDBReader:
             self._advance()
 
     def read(self) -> tuple[str, np.ndarray, int]:
+        """The next ``(where, pixels, label)``; ``where`` names the database and key."""
+        key, pixels, label = self.read_keyed()
+        return f"LMDB {self.path} key {key!r}", pixels, label
+
+    def read_keyed(self) -> tuple[str, np.ndarray, int]:
+        """The next ``(key, pixels, label)``."""
         key, value = self._advance()
         return self._decode(key, value)
 
@@ -123,7 +158,9 @@ class LMDBReader:
         if self._txn is not None:
             self._txn.abort()
             self._txn = self._cursor = None
-        self.env.close()
+        if self.env is not None:
+            release_env(self.env)
+            self.env = None
 
 
 def read_records(path: str | os.PathLike):
@@ -131,7 +168,7 @@ def read_records(path: str | os.PathLike):
     reader = LMDBReader(path)
     try:
         for _ in range(len(reader)):
-            yield reader.read()
+            yield reader.read_keyed()
     finally:
         reader.close()
 

@@ -51,7 +51,7 @@ class RecordBatchSource:
             for i in range(len(self.staging)):
                 where, pixels, label = self.reader.read()
                 if pixels.shape != expected:
-                    raise DataError(f"layer '{self.layer}': {where} has shape {pixels.shape}, "
+                    raise DataError(f"{where} has shape {pixels.shape}, "
                                     f"the batch expects {expected} (the first record's)")
                 self.staging[i] = pixels
                 self.labels[i] = check_label(label, where)
@@ -210,7 +210,7 @@ class HDF5Source:
         if hasattr(self, "row_shapes"):
             for name, d, shape in zip(self.names, data, self.row_shapes):
                 if d.shape[1:] != shape:
-                    raise DataError(f"layer '{self.layer}': dataset {name!r} of {path} has rows of shape "
+                    raise DataError(f"dataset {name!r} of {path} has rows of shape "
                                     f"{d.shape[1:]}, the batch expects {shape} (from the first file)")
         self.data = data
         self.rows = np.arange(rows.pop())
