@@ -219,3 +219,43 @@ def test_dummydata_layer():
     assert legacy[0].shape == (2, 3, 4, 5) and not legacy[0].data.any()
     with pytest.raises(DlsoftError, match="2 shapes for 3 tops"):
         run_layer('type: "DummyData" dummy_data_param { shape { dim: 1 } shape { dim: 2 } }', [], num_tops=3)
+
+
+def test_prefetch_depth_legacy_transform_fields_and_rand_skip(shared_caffe):
+    text = data_text(fashion(shared_caffe), 4).replace("batch_size: 4", "batch_size: 4 prefetch: 2 scale: 0.5")
+    layer, _, tops = run_layer(text, [], phase="TEST", num_tops=2)
+    reference, _, ref_tops = run_layer(data_text(fashion(shared_caffe), 4), [], phase="TEST", num_tops=2)
+    assert layer.prefetcher.depth == 2
+    np.testing.assert_array_equal(tops[0].data, ref_tops[0].data * 0.5)  # data_param.scale honoured
+    layer.close()
+    skipped, _, skip_tops = run_layer(text.replace("prefetch: 2", "rand_skip: 50"), [], phase="TRAIN", num_tops=2)
+    assert not np.array_equal(skip_tops[1].data, ref_tops[1].data)  # TRAIN starts at a random record
+    skipped.close()
+    reference.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("text", [
+    'type: "Data" transform_param { scale: 0.00390625 mirror: true crop_size: 24 } '
+    'data_param { source: "builtin:digits/train" batch_size: 32 }',
+    'type: "DummyData" dummy_data_param { shape { dim: 3 dim: 4 } data_filler { type: "gaussian" } }',
+])
+def test_gpu_matches_cpu(text):
+    """The GPU path (pinned staging, copy stream, consumed events) gives the CPU batches."""
+    cpu, _, cpu_tops = run_layer(text, [], device="cpu", num_tops=2)
+    gpu, _, gpu_tops = run_layer(text, [], device="gpu", num_tops=2)
+    for _ in range(6):  # more batches than prefetch slots: the slots are reused
+        for c, g in zip(cpu_tops, gpu_tops):
+            np.testing.assert_allclose(g.data.get(), c.data, rtol=1e-6)
+        cpu.forward([], cpu_tops)
+        gpu.forward([], gpu_tops)
+    cpu.close()
+    gpu.close()
+
+
+def test_memorydata_label_count_must_match():
+    layer = make_layer('type: "MemoryData" memory_data_param { batch_size: 2 channels: 1 height: 1 width: 1 }')
+    tops = [Blob(), Blob()]
+    layer.setup([], tops)
+    with pytest.raises(DataError, match="2 images but 3 labels"):
+        layer.set_input_arrays(np.zeros((2, 1, 1, 1)), np.zeros(3))

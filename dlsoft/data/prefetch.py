@@ -82,7 +82,7 @@ class Prefetcher:
         self.name = name
         self.device = device
         self.shapes = [tuple(shape) for shape in source.shapes]
-        depth = max(int(depth), 1)
+        self.depth = depth = max(int(depth), 1)
         with device.activate():
             slots = [_Slot(self.shapes, device) for _ in range(depth)]
         self._free: queue.Queue = queue.Queue()
