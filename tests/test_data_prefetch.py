@@ -101,3 +101,15 @@ def test_prefetch_overlaps_slow_source():
     elapsed = time.perf_counter() - start
     prefetcher.close()
     assert elapsed < 10 * 0.04 * 0.85, elapsed  # well under the serial sum
+
+
+def test_process_exits_without_close():
+    """A forgotten close (or Ctrl-C mid-training) must not hang interpreter exit."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_data_prefetch import Counter; "
+            "from dlsoft.data.prefetch import Prefetcher; p = Prefetcher(Counter(delay=0.01)); "
+            "from dlsoft.blob import Blob; p.next_into([Blob(s) for s in p.source.shapes])")
+    from pathlib import Path
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], timeout=30)
+    assert result.returncode == 0
