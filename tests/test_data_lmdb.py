@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from dlsoft.data.images import encode_image
-from dlsoft.data.lmdb_io import LMDBReader, LMDBWriter, array_to_datum, datum_to_array, read_records
+from dlsoft.data.lmdb_io import (
+    LMDBReader,
+    LMDBWriter,
+    array_to_datum,
+    datum_to_array,
+    read_records,
+)
 from dlsoft.data.tools import compute_image_mean, convert_mnist, read_idx
 from dlsoft.errors import DataError
 from dlsoft.netdef.io import read_blob

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradcheck import run_layer
 from PIL import Image
 
-from gradcheck import run_layer
 from dlsoft.data.lmdb_io import read_records
 from dlsoft.data.tools import convert_imageset
 from dlsoft.errors import DataError
@@ -65,6 +65,7 @@ def test_gray_raw_records_hold_the_resized_pixels(image_list):
 def test_encoded_without_resize_stores_the_file_itself(image_list):
     convert_imageset(str(image_list), str(image_list / "list.txt"), str(image_list / "db"), encoded=True)
     import lmdb
+
     from dlsoft.protos import caffe_pb2
     env = lmdb.open(str(image_list / "db"), readonly=True, lock=False)
     with env.begin() as txn:

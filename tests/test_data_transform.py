@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from dlsoft.data.transform import Transformer
 from dlsoft.errors import DataError
 from dlsoft.netdef.io import write_blob
 from dlsoft.protos import caffe_pb2
-from google.protobuf import text_format
 
 BATCH = np.random.default_rng(0).integers(0, 256, (4, 3, 6, 7)).astype(np.uint8)
 

@@ -6,8 +6,8 @@ import threading
 import h5py
 import numpy as np
 import pytest
-
 from gradcheck import make_layer, run_layer
+
 from dlsoft.blob import Blob
 from dlsoft.data.lmdb_io import LMDBWriter, array_to_datum
 from dlsoft.errors import DataError, DlsoftError
@@ -173,7 +173,7 @@ def test_hdf5data_reads_files_in_order(tmp_path, monkeypatch):
     write_h5(tmp_path / "b.h5", data[4:], label[4:])
     (tmp_path / "sub" / "list.txt").write_text("a.h5\n" + str(tmp_path / "b.h5") + "\n")
     monkeypatch.chdir(tmp_path)
-    text = f'type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "sub/list.txt" batch_size: 5 }}'
+    text = 'type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "sub/list.txt" batch_size: 5 }'
     layer, _, tops = run_layer(text, [])
     assert tops[0].shape == (5, 2, 3) and tops[1].shape == (5,)
     np.testing.assert_array_equal(tops[0].data, data[:5])
@@ -236,8 +236,8 @@ def test_prefetch_depth_legacy_transform_fields_and_rand_skip(shared_caffe):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("text", [
-    'type: "Data" transform_param { scale: 0.00390625 mirror: true crop_size: 24 } '
-    'data_param { source: "builtin:digits/train" batch_size: 32 }',
+    ('type: "Data" transform_param { scale: 0.00390625 mirror: true crop_size: 24 } '
+     'data_param { source: "builtin:digits/train" batch_size: 32 }'),
     'type: "DummyData" dummy_data_param { shape { dim: 3 dim: 4 } data_filler { type: "gaussian" } }',
 ])
 def test_gpu_matches_cpu(text):

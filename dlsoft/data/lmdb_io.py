@@ -21,7 +21,7 @@ from .images import decode_image
 MAP_SIZE = 1 << 40  # LMDB reserves address space, not disk: 1 TiB as Caffe does
 
 
-def array_to_datum(pixels: np.ndarray, label: int = 0) -> "caffe_pb2.Datum":
+def array_to_datum(pixels: np.ndarray, label: int = 0) -> caffe_pb2.Datum:
     """A Datum for a (C, H, W) array: raw bytes for uint8, ``float_data`` otherwise."""
     c, h, w = pixels.shape
     datum = caffe_pb2.Datum(channels=c, height=h, width=w, label=int(label))
@@ -32,7 +32,7 @@ def array_to_datum(pixels: np.ndarray, label: int = 0) -> "caffe_pb2.Datum":
     return datum
 
 
-def datum_to_array(datum: "caffe_pb2.Datum", where: str = "<datum>", is_color: bool | None = None) -> np.ndarray:
+def datum_to_array(datum: caffe_pb2.Datum, where: str = "<datum>", is_color: bool | None = None) -> np.ndarray:
     """The pixels of a Datum: uint8 (C, H, W) for raw or encoded records, float32 for float_data.
 
     ``is_color`` (True/False) forces encoded images to 3 or 1 channels (force_color / force_gray).
@@ -50,7 +50,7 @@ def datum_to_array(datum: "caffe_pb2.Datum", where: str = "<datum>", is_color: b
     return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
 
 
-def parse_datum(value: bytes, where: str) -> "caffe_pb2.Datum":
+def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
     datum = caffe_pb2.Datum()
     try:
         datum.ParseFromString(value)
@@ -189,7 +189,7 @@ class LMDBWriter:
         self.count = 0
         self._txn = self.env.begin(write=True)
 
-    def put(self, key: str, datum: "caffe_pb2.Datum") -> None:
+    def put(self, key: str, datum: caffe_pb2.Datum) -> None:
         self._txn.put(key.encode(), datum.SerializeToString())
         self.count += 1
         if self.count % self.commit_every == 0:
@@ -202,7 +202,7 @@ class LMDBWriter:
             self._txn = None
             self.env.close()
 
-    def __enter__(self) -> "LMDBWriter":
+    def __enter__(self) -> LMDBWriter:
         return self
 
     def __exit__(self, *exc) -> None:

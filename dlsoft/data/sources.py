@@ -191,7 +191,7 @@ class HDF5Source:
         self.shapes = [(batch_size, *shape) for shape in self.row_shapes]
 
     def _load(self, index: int) -> None:
-        import h5py  # noqa: PLC0415 - only HDF5Data needs it
+        import h5py
 
         path = self.files[index]
         try:
