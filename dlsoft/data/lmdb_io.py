@@ -202,7 +202,7 @@ class LMDBWriter:
             self._txn = None
             self.env.close()
 
-    def __enter__(self) -> LMDBWriter:
+    def __enter__(self) -> LMDBWriter:  # noqa: PYI034 (no typing.Self on Python 3.10)
         return self
 
     def __exit__(self, *exc) -> None:
