@@ -1,0 +1,179 @@
+"""Plot training curves (loss, test scores, learning rate) from a run's logs.
+
+Two sources are understood:
+
+* dlsoft's metrics file: JSON lines, one object per record with the iteration
+  (``iter`` or ``iteration``) and values: train ``loss``, ``lr``, and test scores
+  (in a record whose ``phase``/``kind`` is ``test``, or under keys ``test/NAME``);
+* Caffe-format log text (dlsoft's own log, or a real Caffe log)::
+
+      Iteration 100 (12.3 iter/s, 8.1s/100 iters), loss = 0.31
+      Iteration 100, lr = 0.00992565
+      Iteration 500, Testing net (#0)
+      Test net output #0: accuracy = 0.9812
+
+Parsing needs nothing beyond the standard library; drawing needs matplotlib
+(``pip install 'dlsoft[plot]'``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DlsoftError
+
+Series = list[tuple[int, float]]
+
+_NUMBER = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|-nan|-inf))"
+_TRAIN_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = " + _NUMBER)
+_LR = re.compile(r"Iteration (\d+), lr = " + _NUMBER)
+_TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
+_TEST_OUTPUT = re.compile(r"Test net output #\d+: (\S+) = " + _NUMBER)
+_ITERATION = re.compile(r"Iteration (\d+)")
+
+METRICS_GLOBS = ("*.jsonl", "*metrics*.json", "*metrics*.jsonl")
+LOG_GLOBS = ("*.log", "*.log.txt", "*.INFO", "*log*.txt")
+
+
+@dataclass
+class Curves:
+    """Training curves: each series is a list of ``(iteration, value)``."""
+
+    train: dict[str, Series] = field(default_factory=dict)  # e.g. "loss"
+    test: dict[str, Series] = field(default_factory=dict)   # e.g. "accuracy", "loss"; "#1/accuracy" for net 1
+    lr: Series = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.train or self.test or self.lr)
+
+
+def parse_caffe_log(text: str) -> Curves:
+    """Curves from Caffe-format log text (dlsoft's or Caffe's own)."""
+    curves = Curves()
+    test_iter, test_net = None, 0
+    for line in text.splitlines():
+        m = _TRAIN_LOSS.search(line)
+        if m:
+            curves.train.setdefault("loss", []).append((int(m.group(1)), float(m.group(2))))
+            continue
+        m = _LR.search(line)
+        if m:
+            curves.lr.append((int(m.group(1)), float(m.group(2))))
+            continue
+        m = _TESTING.search(line)
+        if m:
+            test_iter, test_net = int(m.group(1)), int(m.group(2))
+            continue
+        m = _TEST_OUTPUT.search(line)
+        if m and test_iter is not None:
+            name = m.group(1) if test_net == 0 else f"#{test_net}/{m.group(1)}"
+            curves.test.setdefault(name, []).append((test_iter, float(m.group(2))))
+    return curves
+
+
+def parse_metrics(text: str, path: str = "<metrics>") -> Curves:
+    """Curves from dlsoft's JSON-lines metrics."""
+    curves = Curves()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DlsoftError(f"not a JSON line ({exc.msg})", path=path, line=number) from None
+        if not isinstance(record, dict):
+            continue
+        iteration = record.get("iter", record.get("iteration"))
+        if not isinstance(iteration, (int, float)):
+            continue
+        iteration = int(iteration)
+        is_test = str(record.get("phase", record.get("kind", ""))).lower() == "test"
+        for key, value in record.items():
+            if key in ("iter", "iteration", "phase", "kind") or isinstance(value, bool):
+                continue
+            if isinstance(value, dict):  # {"test": {"accuracy": ...}} or {"scores": {...}}
+                target = curves.test if key.lower().startswith("test") or is_test else curves.train
+                for name, inner in value.items():
+                    if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+                        target.setdefault(str(name), []).append((iteration, float(inner)))
+                continue
+            if not isinstance(value, (int, float)):
+                continue
+            if key == "lr":
+                curves.lr.append((iteration, float(value)))
+            elif is_test:
+                curves.test.setdefault(key, []).append((iteration, float(value)))
+            elif key.startswith(("test/", "test_", "test.")):
+                curves.test.setdefault(key[5:], []).append((iteration, float(value)))
+            elif key.startswith(("train/", "train_", "train.")):
+                curves.train.setdefault(key[6:], []).append((iteration, float(value)))
+            elif key not in ("time", "elapsed", "seconds", "wall_s", "timestamp", "epoch", "iter_per_s"):
+                curves.train.setdefault(key, []).append((iteration, float(value)))
+    return curves
+
+
+def _pick_file(run_dir: Path) -> Path:
+    for patterns in (METRICS_GLOBS, LOG_GLOBS):
+        found = sorted({p for pattern in patterns for p in run_dir.glob(pattern) if p.is_file()},
+                       key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]  # the newest
+    raise DlsoftError(f"{run_dir}: no metrics file ({', '.join(METRICS_GLOBS)}) or log "
+                      f"({', '.join(LOG_GLOBS)}) to plot")
+
+
+def load_curves(path: str | Path) -> Curves:
+    """Curves from a run directory (its newest metrics file, else log), a metrics file or a log."""
+    path = Path(path)
+    if path.is_dir():
+        path = _pick_file(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise DlsoftError("no such file or directory", path=str(path)) from None
+    except OSError as exc:
+        raise DlsoftError(f"cannot read ({exc.strerror})", path=str(path)) from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    curves = parse_metrics(text, str(path)) if first.lstrip().startswith("{") else parse_caffe_log(text)
+    if curves.empty():
+        raise DlsoftError("found no training loss, test scores or learning rates to plot", path=str(path))
+    return curves
+
+
+def plot_curves(curves: Curves, out_path: str | Path, title: str = "") -> Path:
+    """Draw loss (train and test), the other test scores and lr against iterations into ``out_path``."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional dependency
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        raise DlsoftError("plotting needs matplotlib: pip install 'dlsoft[plot]'") from None
+    losses = {f"train {k}": v for k, v in curves.train.items() if "loss" in k}
+    losses.update({f"test {k}": v for k, v in curves.test.items() if "loss" in k})
+    scores = {f"test {k}": v for k, v in curves.test.items() if "loss" not in k}
+    scores.update({f"train {k}": v for k, v in curves.train.items() if "loss" not in k})
+    panels = [(title_, series) for title_, series in
+              (("loss", losses), ("scores", scores), ("learning rate", {"lr": curves.lr} if curves.lr else {}))
+              if series]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True, squeeze=False)
+    for ax, (panel_title, series) in zip(axes[:, 0], panels):
+        for label, points in series.items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=label, marker="o" if len(points) < 30 else None, markersize=3)
+        ax.set_ylabel(panel_title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    axes[-1, 0].set_xlabel("iteration")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    try:
+        fig.savefig(out_path)
+    except ValueError as exc:  # unknown extension
+        raise DlsoftError(f"{out_path}: {exc}") from None
+    finally:
+        plt.close(fig)
+    return out_path
