@@ -1,0 +1,11 @@
+"""Solvers: Caffe's training loop, update rules, lr policies and snapshots.
+
+``get_solver(path)`` / ``Solver(param, device)``; ``SOLVERS`` maps each solver ``type``
+(SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) to its update rule.
+"""
+from __future__ import annotations
+
+from .solver import Solver, get_solver, handling_signals
+from .updates import RULES as SOLVERS
+
+__all__ = ["Solver", "get_solver", "handling_signals", "SOLVERS"]
