@@ -18,7 +18,6 @@ import platform
 import sys
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -46,44 +45,62 @@ class Settings:
 _settings = Settings()
 
 
-class GlogFormatter(logging.Formatter):
-    """Caffe's (glog's) line format: ``I0613 14:02:11.123456 4242 solver.py:120] message``.
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (test runners swap it)."""
 
-    Tools written for Caffe logs (parse_log.py, plot_training_log.py) read these lines.
-    """
+    def __init__(self):
+        super().__init__(sys.stderr)
 
-    def format(self, record: logging.LogRecord) -> str:
-        t = datetime.fromtimestamp(record.created)
-        prefix = (f"{record.levelname[0]}{t:%m%d %H:%M:%S}.{t.microsecond:06d} {record.process} "
-                  f"{record.filename}:{record.lineno}] ")
-        text = prefix + record.getMessage()
-        if record.exc_info and _settings.debug:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _DlsoftOrWarnings(logging.Filter):
+    """dlsoft's own lines at the handler's level; other libraries' only from WARNING up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "dlsoft" or record.name.startswith("dlsoft.") or record.levelno >= logging.WARNING
+
+
+def _remove_handlers() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_dlsoft_cli", False):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def configure_logging() -> None:
-    """Send the ``dlsoft`` loggers' lines to stderr (INFO, or ERROR with --quiet) and --log-file (INFO)."""
-    logger = logging.getLogger("dlsoft")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_dlsoft_cli", False):
-            logger.removeHandler(handler)
-            handler.close()
-    handlers: list[logging.Handler] = []
-    stderr = logging.StreamHandler(sys.stderr)  # looked up now: test runners swap sys.stderr
-    stderr.setLevel(logging.ERROR if _settings.quiet else logging.INFO)
-    handlers.append(stderr)
+    """Caffe-format log lines: to stderr (INFO; ERROR only with --quiet) and to --log-file (INFO).
+
+    The handlers sit on the root logger, so the solver's progress bar can route them
+    around itself (tqdm's logging redirect looks there).
+    """
+    from .solver.progress import CaffeLogFormatter  # noqa: PLC0415
+
+    _remove_handlers()
+    level = logging.DEBUG if _settings.debug else logging.INFO
+    handlers: list[logging.Handler] = [_StderrHandler()]
+    handlers[0].setLevel(logging.ERROR if _settings.quiet else level)
     if _settings.log_file:
         try:
-            handlers.append(logging.FileHandler(_settings.log_file, encoding="utf-8"))
+            file_handler = logging.FileHandler(_settings.log_file, encoding="utf-8")
         except OSError as exc:
             raise DlsoftError(f"cannot open the log file ({exc.strerror})", path=_settings.log_file) from None
+        file_handler.setLevel(level)
+        handlers.append(file_handler)
+    root = logging.getLogger()
     for handler in handlers:
-        handler.setFormatter(GlogFormatter())
+        handler.setFormatter(CaffeLogFormatter())
+        handler.addFilter(_DlsoftOrWarnings())
         handler._dlsoft_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if _settings.debug else logging.INFO)
-    logger.propagate = False
+        root.addHandler(handler)
+    logging.getLogger("dlsoft").setLevel(level)
 
 
 def _one_line(text: str) -> str:
@@ -106,6 +123,12 @@ class DlsoftGroup(click.Group):
         _settings = Settings(debug=any(a in ("--debug", "-debug") for a in args))
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            self._main_one_line_errors(args, prog_name, complete_var, **extra)
+        finally:
+            _remove_handlers()
+
+    def _main_one_line_errors(self, args, prog_name, complete_var, **extra) -> None:
         try:
             result = super().main(args, prog_name or "dlsoft", complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:  # `dlsoft zoo`: show the help
@@ -348,6 +371,8 @@ def _absolute_net_paths(solver, solver_path: str | None) -> None:
         candidate = base / path
         return str(candidate) if candidate.exists() else path
 
+    for i, path in enumerate(solver.weights):
+        solver.weights[i] = ",".join(fix(part) for part in path.split(","))
     if solver.HasField("net"):
         solver.net = fix(solver.net)
     if solver.HasField("train_net"):
@@ -441,43 +466,28 @@ def _prepare_zoo_training(ref: str, run_dir: str | None) -> tuple[str, Path]:
     return str(directory / Path(str(entry.file_record("solver")["path"])).name), directory
 
 
-def _print_results(solver, snapshot_paths) -> None:
+def _print_results(solver) -> None:
     """Final test scores and where the snapshot is (stdout: these survive --quiet)."""
-    scores = _final_scores(solver)
-    for net_index, outputs in enumerate(scores):
-        label = "Test scores" if len(scores) == 1 else f"Test net #{net_index} scores"
-        text = ", ".join(f"{name} = {_format_number(value)}" for name, value in outputs.items())
+    from .solver import snapshot as snap  # noqa: PLC0415
+
+    scores = [(i, s) for i, s in enumerate(solver.test_scores) if s]
+    for index, outputs in scores:
+        label = "Test scores" if len(solver.test_scores) == 1 else f"Test net #{index} scores"
+        text = ", ".join(f"{name} = {_format_value(value)}" for name, value in outputs.items())
         click.echo(f"{label} (iteration {solver.iter}): {text}")
-    weights = [p for p in snapshot_paths if str(p).endswith((".caffemodel", ".h5"))
-               and not str(p).endswith(".solverstate.h5")]
-    states = [p for p in snapshot_paths if ".solverstate" in str(p)]
-    if weights:
-        click.echo(f"Weights saved to {weights[-1]}")
-    if states:
-        click.echo(f"Solver state saved to {states[-1]} (resume with --snapshot {states[-1]})")
+    if solver.last_snapshot:
+        fmt = solver.param.snapshot_format
+        weights = snap.snapshot_filename(solver.param.snapshot_prefix, solver.iter, snap.model_extension(fmt))
+        click.echo(f"Weights saved to {weights}")
+        click.echo(f"Solver state saved to {solver.last_snapshot} (resume with --snapshot {solver.last_snapshot})")
+    else:
+        click.echo("No snapshot written (snapshot_after_train is off)")
 
 
-def _final_scores(solver) -> list[dict[str, float]]:
-    """The last test scores per test net, as the solver recorded them."""
-    for attribute in ("test_scores", "last_test_scores", "test_results"):
-        value = getattr(solver, attribute, None)
-        if value:
-            if isinstance(value, dict):
-                return [dict(value)]
-            return [dict(v) for v in value]
-    return []
-
-
-def _snapshot_paths(solver, result) -> list[str]:
-    for candidate in (result, getattr(solver, "last_snapshot", None), getattr(solver, "snapshot_paths", None)):
-        if candidate:
-            if isinstance(candidate, (str, Path)):
-                return [str(candidate)]
-            if isinstance(candidate, dict):
-                return [str(v) for v in candidate.values()]
-            if isinstance(candidate, (list, tuple)):
-                return [str(v) for v in candidate if isinstance(v, (str, Path))]
-    return []
+def _format_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format_number(v) for v in value) + "]"
+    return _format_number(value)
 
 
 TRAIN_EXAMPLES = """
@@ -556,30 +566,42 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
     elif solver_path and solver_path.startswith(ZOO_PREFIX):
         solver_path, run_directory = _prepare_zoo_training(solver_path, run_dir)
 
+    overrides = dict(lr=lr, max_iter=max_iter, batch_size=batch_size, solver_type=solver_type,
+                     lr_policy=lr_policy, test_interval=test_interval, test_iter=test_iter, momentum=momentum,
+                     weight_decay=weight_decay, display=display, snapshot_every=snapshot_every,
+                     snapshot_prefix=snapshot_prefix, seed=seed, level=level)
+    stages = _stages(stages)
     if solver_path:
-        solver_param = io.read_solver(solver_path)
-        _absolute_net_paths(solver_param, solver_path)
         where = solver_path
+        solver_param = io.read_solver(solver_path)
         if run_directory is not None and not os.path.isabs(solver_param.snapshot_prefix or "x"):
-            solver_param.snapshot_prefix = str(run_directory / (solver_param.snapshot_prefix or "snapshot"))
+            overrides["snapshot_prefix"] = overrides["snapshot_prefix"] or \
+                str(run_directory / (solver_param.snapshot_prefix or "snapshot"))
+        if any(v is not None for v in overrides.values()) or stages:
+            _absolute_net_paths(solver_param, solver_path)
+            if not solver_param.HasField("snapshot_prefix"):  # Caffe's default: the solver file's path
+                solver_param.snapshot_prefix = str(Path(solver_path).with_suffix(""))
+            apply_overrides(solver_param, where, stages=stages, **overrides)
+            source = solver_param
+        else:
+            source = solver_path  # unchanged: the solver reads it and names its lines in errors
     else:
         net_path = resolve(model, "train_val")
-        solver_param = default_solver(io.read_net(net_path), name=Path(net_path).stem)
         where = net_path
+        solver_param = default_solver(io.read_net(net_path), name=Path(net_path).stem)
         if test_interval is None and max_iter is not None and _has_test_phase(solver_param.net_param):
-            test_interval = default_test_interval(max_iter) if max_iter > 0 else None
-    apply_overrides(solver_param, where, lr=lr, max_iter=max_iter, batch_size=batch_size,
-                    solver_type=solver_type, lr_policy=lr_policy, test_interval=test_interval,
-                    test_iter=test_iter, momentum=momentum, weight_decay=weight_decay, display=display,
-                    snapshot_every=snapshot_every, snapshot_prefix=snapshot_prefix, seed=seed,
-                    stages=_stages(stages), level=level)
-    weights_paths = [resolve(w, "weights") for w in weights.split(",")] if weights else []
-    for path in weights_paths:
-        _require_file(path, "weights file")
+            overrides["test_interval"] = default_test_interval(max_iter) if max_iter > 0 else None
+        apply_overrides(solver_param, where, stages=stages, **overrides)
+        source = solver_param
+    weights_paths = [resolve(w, "weights") for w in weights.split(",") if w] if weights else []
+    for path in weights_paths:  # fail before any work; the solver also looks beside its file
+        beside = Path(solver_path).parent / path if solver_path else None
+        if not os.path.exists(path) and not (beside is not None and beside.exists()):
+            raise DlsoftError("weights file not found", path=path)
     if snapshot:
         snapshot = _require_file(resolve(snapshot, "solverstate"), "solver state")
     device = _train_device(gpu, solver_param)
-    _run_training(solver_param, device, weights_paths, snapshot, sigint_effect, sighup_effect)
+    _run_training(source, where, device, weights_paths, snapshot, sigint_effect, sighup_effect)
 
 
 def _train_device(gpu: str | None, solver_param) -> str:
@@ -588,7 +610,8 @@ def _train_device(gpu: str | None, solver_param) -> str:
         return parse_gpu(gpu)
     from .protos import caffe_pb2  # noqa: PLC0415
 
-    if solver_param.solver_mode == caffe_pb2.SolverParameter.GPU:
+    # Caffe's default solver_mode is GPU: only a file that says so asks for one.
+    if solver_param.HasField("solver_mode") and solver_param.solver_mode == caffe_pb2.SolverParameter.GPU:
         from .backend import gpu_count  # noqa: PLC0415
 
         if gpu_count() > 0:
@@ -597,26 +620,22 @@ def _train_device(gpu: str | None, solver_param) -> str:
     return "cpu"
 
 
-def _run_training(solver_param, device: str, weights: list[str], snapshot: str | None,
+def _run_training(source, where: str, device: str, weights: list[str], snapshot: str | None,
                   sigint_effect: str | None, sighup_effect: str | None) -> None:
-    from .solver import get_solver  # noqa: PLC0415
+    from .solver import Solver  # noqa: PLC0415
 
-    solver = get_solver(solver_param, device=device)
-    for path in weights:
-        log.info("Finetuning from %s", path)
-        solver.net.copy_from(path)
-    if sigint_effect is not None or sighup_effect is not None:
-        _set_signal_effects(solver, sigint_effect, sighup_effect)
-    if hasattr(solver, "progress") and _settings.quiet:
-        solver.progress = False
-    result = solver.solve(resume=snapshot)
-    _print_results(solver, _snapshot_paths(solver, result))
-
-
-def _set_signal_effects(solver, sigint_effect, sighup_effect) -> None:
-    for name, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect)):
-        if value is not None:
-            setattr(solver, name, value)
+    options = {name: value for name, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect))
+               if value is not None}
+    try:
+        solver = Solver(source, device=device, weights=weights or None,
+                        progress_bar=False if _settings.quiet else None, **options)
+    except DlsoftError as exc:
+        if exc.path is None:  # built from a message: name the file it came from
+            raise type(exc)(exc.detail, path=where) from None
+        raise
+    with solver:
+        solver.solve(resume=snapshot)
+        _print_results(solver)
 
 
 # ============================================================================ test

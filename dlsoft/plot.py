@@ -2,9 +2,9 @@
 
 Two sources are understood:
 
-* dlsoft's metrics file: JSON lines, one object per record with the iteration
-  (``iter`` or ``iteration``) and values: train ``loss``, ``lr``, and test scores
-  (in a record whose ``phase``/``kind`` is ``test``, or under keys ``test/NAME``);
+* dlsoft's metrics file (``<snapshot_prefix>_metrics.jsonl``): JSON lines, the solver's
+  ``{"event": "train", "iter": N, "loss": ..., "lr": ..., "outputs": {...}}`` and
+  ``{"event": "test", "iter": N, "net": "#0", "scores": {"accuracy": ...}}`` records;
 * Caffe-format log text (dlsoft's own log, or a real Caffe log)::
 
       Iteration 100 (12.3 iter/s, 8.1s/100 iters), loss = 0.31
@@ -33,7 +33,7 @@ _TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
 _TEST_OUTPUT = re.compile(r"Test net output #\d+: (\S+) = " + _NUMBER)
 _ITERATION = re.compile(r"Iteration (\d+)")
 
-METRICS_GLOBS = ("*.jsonl", "*metrics*.json", "*metrics*.jsonl")
+METRICS_GLOBS = ("*_metrics.jsonl", "*.jsonl")
 LOG_GLOBS = ("*.log", "*.log.txt", "*.INFO", "*log*.txt")
 
 
@@ -74,7 +74,7 @@ def parse_caffe_log(text: str) -> Curves:
 
 
 def parse_metrics(text: str, path: str = "<metrics>") -> Curves:
-    """Curves from dlsoft's JSON-lines metrics."""
+    """Curves from dlsoft's JSON-lines metrics (the solver's ``train`` and ``test`` events)."""
     curves = Curves()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -83,35 +83,32 @@ def parse_metrics(text: str, path: str = "<metrics>") -> Curves:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DlsoftError(f"not a JSON line ({exc.msg})", path=path, line=number) from None
-        if not isinstance(record, dict):
+        if not isinstance(record, dict) or not _is_number(record.get("iter", record.get("iteration"))):
             continue
-        iteration = record.get("iter", record.get("iteration"))
-        if not isinstance(iteration, (int, float)):
-            continue
-        iteration = int(iteration)
-        is_test = str(record.get("phase", record.get("kind", ""))).lower() == "test"
-        for key, value in record.items():
-            if key in ("iter", "iteration", "phase", "kind") or isinstance(value, bool):
-                continue
-            if isinstance(value, dict):  # {"test": {"accuracy": ...}} or {"scores": {...}}
-                target = curves.test if key.lower().startswith("test") or is_test else curves.train
-                for name, inner in value.items():
-                    if isinstance(inner, (int, float)) and not isinstance(inner, bool):
-                        target.setdefault(str(name), []).append((iteration, float(inner)))
-                continue
-            if not isinstance(value, (int, float)):
-                continue
-            if key == "lr":
-                curves.lr.append((iteration, float(value)))
-            elif is_test:
-                curves.test.setdefault(key, []).append((iteration, float(value)))
-            elif key.startswith(("test/", "test_", "test.")):
-                curves.test.setdefault(key[5:], []).append((iteration, float(value)))
-            elif key.startswith(("train/", "train_", "train.")):
-                curves.train.setdefault(key[6:], []).append((iteration, float(value)))
-            elif key not in ("time", "elapsed", "seconds", "wall_s", "timestamp", "epoch", "iter_per_s"):
-                curves.train.setdefault(key, []).append((iteration, float(value)))
+        iteration = int(record.get("iter", record.get("iteration")))
+        event = str(record.get("event", record.get("phase", "train"))).lower()
+        if event == "test":
+            net = str(record.get("net", "#0"))
+            prefix = "" if net in ("#0", "0") else f"{net}/"
+            values = dict(record.get("scores") or {})
+            if _is_number(record.get("loss")):
+                values["loss"] = record["loss"]
+            for name, value in values.items():
+                if _is_number(value):
+                    curves.test.setdefault(prefix + str(name), []).append((iteration, float(value)))
+        elif event == "train":
+            if _is_number(record.get("loss")):
+                curves.train.setdefault("loss", []).append((iteration, float(record["loss"])))
+            if _is_number(record.get("lr")):
+                curves.lr.append((iteration, float(record["lr"])))
+            for name, value in (record.get("outputs") or {}).items():
+                if name != "loss" and _is_number(value):  # the smoothed loss is plotted already
+                    curves.train.setdefault(str(name), []).append((iteration, float(value)))
     return curves
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _pick_file(run_dir: Path) -> Path:
