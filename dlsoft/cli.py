@@ -470,11 +470,14 @@ def _print_results(solver) -> None:
     """Final test scores and where the snapshot is (stdout: these survive --quiet)."""
     from .solver import snapshot as snap  # noqa: PLC0415
 
-    scores = [(i, s) for i, s in enumerate(solver.test_scores) if s]
-    for index, outputs in scores:
+    finished = solver.iter >= solver.param.max_iter
+    for index, outputs in enumerate(solver.test_scores):
+        if not outputs:
+            continue
         label = "Test scores" if len(solver.test_scores) == 1 else f"Test net #{index} scores"
+        when = f"iteration {solver.iter}" if finished else "last test before stopping"
         text = ", ".join(f"{name} = {_format_value(value)}" for name, value in outputs.items())
-        click.echo(f"{label} (iteration {solver.iter}): {text}")
+        click.echo(f"{label} ({when}): {text}")
     if solver.last_snapshot:
         fmt = solver.param.snapshot_format
         weights = snap.snapshot_filename(solver.param.snapshot_prefix, solver.iter, snap.model_extension(fmt))
@@ -635,6 +638,11 @@ def _run_training(source, where: str, device: str, weights: list[str], snapshot:
         raise
     with solver:
         solver.solve(resume=snapshot)
+        p = solver.param
+        finished = solver.iter >= p.max_iter
+        if finished and solver.test_nets and not (p.test_interval and solver.iter % p.test_interval == 0):
+            log.info("Testing the final weights (iteration %d)", solver.iter)
+            solver.test_all()  # the scores reported below are then those of the final weights
         _print_results(solver)
 
 
