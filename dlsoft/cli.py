@@ -81,7 +81,7 @@ def configure_logging() -> None:
     The handlers sit on the root logger, so the solver's progress bar can route them
     around itself (tqdm's logging redirect looks there).
     """
-    from .solver.progress import CaffeLogFormatter  # noqa: PLC0415
+    from .solver.progress import CaffeLogFormatter
 
     _remove_handlers()
     level = logging.DEBUG if _settings.debug else logging.INFO
@@ -222,7 +222,7 @@ def resolve(ref: str | None, kind: str) -> str | None:
     """A local path for ``ref``: ``zoo:`` references go through the model zoo, others come back as they are."""
     if ref is None or not ref.startswith(ZOO_PREFIX):
         return ref
-    from . import model_zoo  # noqa: PLC0415 - only when a zoo reference is used
+    from . import model_zoo
 
     return str(model_zoo.resolve(ref, kind))
 
@@ -239,7 +239,7 @@ def parse_gpu(spec: str | None) -> str:
     """Caffe's ``-gpu`` value (``0``, ``1,2`` or ``all``) as a device: the first GPU (multi-GPU is not supported)."""
     if spec is None or spec == "":
         return "cpu"
-    from .backend import gpu_count  # noqa: PLC0415
+    from .backend import gpu_count
 
     spec = spec.strip().lower()
     if spec == "all":
@@ -283,7 +283,7 @@ def _format_number(value: float) -> str:
 
 # ============================================================================ train
 def _has_test_phase(net_param) -> bool:
-    from .protos import caffe_pb2  # noqa: PLC0415
+    from .protos import caffe_pb2
 
     return any(rule.phase == caffe_pb2.TEST and rule.HasField("phase") for layer in net_param.layer
                for rule in layer.include) or \
@@ -307,7 +307,7 @@ def default_solver(net_param, name: str = "net"):
     net has TEST-phase layers, 10 test batches at an interval dividing max_iter.
     Snapshots go to ``<name>_iter_N.caffemodel`` in the current directory.
     """
-    from .protos import caffe_pb2  # noqa: PLC0415
+    from .protos import caffe_pb2
 
     solver = caffe_pb2.SolverParameter()
     solver.net_param.CopyFrom(net_param)
@@ -326,12 +326,12 @@ def default_solver(net_param, name: str = "net"):
 
 def set_train_batch_size(net_param, batch_size: int, where: str) -> int:
     """Set ``batch_size`` of the data layers used in the TRAIN phase; returns how many were changed."""
-    from .protos import caffe_pb2  # noqa: PLC0415
+    from .protos import caffe_pb2
 
     if batch_size < 1:
         raise DlsoftError(f"--batch-size must be at least 1, got {batch_size}")
     state = caffe_pb2.NetState(phase=caffe_pb2.TRAIN)
-    from .netdef import graph  # noqa: PLC0415
+    from .netdef import graph
 
     changed = 0
     for layer in graph.filter_net(net_param, state).layer:
@@ -383,7 +383,7 @@ def _absolute_net_paths(solver, solver_path: str | None) -> None:
 
 def _train_net_param(solver, where: str):
     """(net parameter the solver trains, field it comes from), reading a net file if need be."""
-    from .netdef import io  # noqa: PLC0415
+    from .netdef import io
 
     for field in ("train_net_param", "net_param"):
         if solver.HasField(field):
@@ -454,7 +454,7 @@ def _zoo_run_dir(name: str, run_dir: str | None) -> Path:
 
 def _prepare_zoo_training(ref: str, run_dir: str | None) -> tuple[str, Path]:
     """Copy a zoo entry's configs into a run directory; return (its solver path, the run dir)."""
-    from . import model_zoo  # noqa: PLC0415
+    from . import model_zoo
 
     name = ref[len(ZOO_PREFIX):].partition("/")[0]
     entry = model_zoo.get_entry(name)
@@ -468,7 +468,7 @@ def _prepare_zoo_training(ref: str, run_dir: str | None) -> tuple[str, Path]:
 
 def _print_results(solver) -> None:
     """Final test scores and where the snapshot is (stdout: these survive --quiet)."""
-    from .solver import snapshot as snap  # noqa: PLC0415
+    from .solver import snapshot as snap
 
     finished = solver.iter >= solver.param.max_iter
     for index, outputs in enumerate(solver.test_scores):
@@ -548,7 +548,7 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
     for 1,000 iterations, testing on the net's TEST phase if it has one. A zoo entry
     (zoo:NAME) is copied into a run directory and trained with its own solver.
     """
-    from .netdef import io  # noqa: PLC0415
+    from .netdef import io
 
     if model and model_option:
         raise click.UsageError("give the net either as an argument or with --model, not both")
@@ -569,10 +569,11 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
     elif solver_path and solver_path.startswith(ZOO_PREFIX):
         solver_path, run_directory = _prepare_zoo_training(solver_path, run_dir)
 
-    overrides = dict(lr=lr, max_iter=max_iter, batch_size=batch_size, solver_type=solver_type,
-                     lr_policy=lr_policy, test_interval=test_interval, test_iter=test_iter, momentum=momentum,
-                     weight_decay=weight_decay, display=display, snapshot_every=snapshot_every,
-                     snapshot_prefix=snapshot_prefix, seed=seed, level=level)
+    overrides = {"lr": lr, "max_iter": max_iter, "batch_size": batch_size, "solver_type": solver_type,
+                 "lr_policy": lr_policy, "test_interval": test_interval, "test_iter": test_iter,
+                 "momentum": momentum, "weight_decay": weight_decay, "display": display,
+                 "snapshot_every": snapshot_every, "snapshot_prefix": snapshot_prefix, "seed": seed,
+                 "level": level}
     stages = _stages(stages)
     if solver_path:
         where = solver_path
@@ -611,11 +612,11 @@ def _train_device(gpu: str | None, solver_param) -> str:
     """--gpu wins; else the solver's solver_mode (GPU falls back to the CPU, with a warning, without one)."""
     if gpu is not None:
         return parse_gpu(gpu)
-    from .protos import caffe_pb2  # noqa: PLC0415
+    from .protos import caffe_pb2
 
     # Caffe's default solver_mode is GPU: only a file that says so asks for one.
     if solver_param.HasField("solver_mode") and solver_param.solver_mode == caffe_pb2.SolverParameter.GPU:
-        from .backend import gpu_count  # noqa: PLC0415
+        from .backend import gpu_count
 
         if gpu_count() > 0:
             return f"gpu:{solver_param.device_id}"
@@ -625,7 +626,7 @@ def _train_device(gpu: str | None, solver_param) -> str:
 
 def _run_training(source, where: str, device: str, weights: list[str], snapshot: str | None,
                   sigint_effect: str | None, sighup_effect: str | None) -> None:
-    from .solver import Solver  # noqa: PLC0415
+    from .solver import Solver
 
     options = {name: value for name, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect))
                if value is not None}
@@ -663,9 +664,10 @@ Examples:
 @_level_option
 def test_command(model, weights, iterations, gpu, phase, stages, level):
     """Score trained weights: run N batches and print each output's mean, as `caffe test`."""
-    from .backend import to_numpy  # noqa: PLC0415
-    from .netdef.net import Net  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
+
+    from .backend import to_numpy
+    from .netdef.net import Net
 
     if weights is None:
         if not model.startswith(ZOO_PREFIX):
@@ -722,8 +724,8 @@ Examples:
 @_level_option
 def time_command(model, iterations, warmup, forward_only, weights, gpu, phase, stages, level):
     """Time each layer's forward and backward pass, as `caffe time`."""
-    from .netdef.net import Net  # noqa: PLC0415
-    from .timing import time_net  # noqa: PLC0415
+    from .netdef.net import Net
+    from .timing import time_net
 
     model_path = resolve(model, "train_val")
     weights_path = _require_file(resolve(weights, "weights"), "weights file") if weights else None
@@ -751,12 +753,12 @@ def device_query_command(gpu):
 
 def device_report(only_gpu: int | None = None) -> list[str]:
     """Lines describing the CPU, numpy's BLAS, and the GPUs cupy sees."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from .backend import gpu_count  # noqa: PLC0415
+    from .backend import gpu_count
 
-    lines = [f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores), "
-             f"{platform.system()} {platform.release()}",
+    lines = [(f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores), "
+              f"{platform.system()} {platform.release()}"),
              f"numpy {np.__version__}, BLAS: {_blas_name()}"]
     count = gpu_count()
     if count == 0:
@@ -764,7 +766,7 @@ def device_report(only_gpu: int | None = None) -> list[str]:
         if only_gpu is not None:
             raise DlsoftError(f"--gpu {only_gpu}: no GPU is available")
         return lines
-    from .backend import cupy_module  # noqa: PLC0415
+    from .backend import cupy_module
 
     cupy = cupy_module()
     indexes = range(count) if only_gpu is None else [only_gpu]
@@ -781,7 +783,7 @@ def device_report(only_gpu: int | None = None) -> list[str]:
 
 
 def _blas_name() -> str:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     try:
         config = np.show_config(mode="dicts")
@@ -807,7 +809,7 @@ Examples:
               help="Build the net to show blob shapes and parameter counts.")
 def draw_command(model, out, phase, rankdir, shapes):
     """Draw the net's graph: DOT always; SVG/PNG/PDF with Graphviz's `dot` installed."""
-    from .netdef.draw import draw_net  # noqa: PLC0415
+    from .netdef.draw import draw_net
 
     path = draw_net(resolve(model, "model"), out, phase=phase, rankdir=rankdir, shapes=shapes)
     click.echo(f"Wrote {path}")
@@ -835,7 +837,7 @@ def convert_command(source, dest, kind, with_blobs):
     .caffemodel/.pb binary). Writing a caffemodel's definition as text drops its
     weights, unless --with-blobs.
     """
-    from .netdef import io  # noqa: PLC0415
+    from .netdef import io
 
     source_path = resolve(source, "model")
     message, what = _read_net_or_solver(source_path, kind)
@@ -852,8 +854,8 @@ def convert_command(source, dest, kind, with_blobs):
 
 
 def _read_net_or_solver(path: str, kind: str):
-    from .errors import ParseError  # noqa: PLC0415
-    from .netdef import io  # noqa: PLC0415
+    from .errors import ParseError
+    from .netdef import io
 
     if kind == "solver":
         return io.read_solver(path), "solver"
@@ -886,7 +888,7 @@ def plot_command(source, out, title):
     Reads dlsoft's metrics file (JSON lines) or Caffe-format log text, so real Caffe
     logs plot too. Needs matplotlib (pip install 'dlsoft[plot]').
     """
-    from .plot import load_curves, plot_curves  # noqa: PLC0415
+    from .plot import load_curves, plot_curves
 
     curves = load_curves(source)
     plot_curves(curves, out, title=title)
@@ -907,7 +909,7 @@ Examples:
 @_level_option
 def summary_command(model, phase, weights, stages, level):
     """Print the layer table: top shapes and parameter counts."""
-    from .netdef.net import Net  # noqa: PLC0415
+    from .netdef.net import Net
 
     weights_path = _require_file(resolve(weights, "weights"), "weights file") if weights else None
     with Net(resolve(model, "model"), phase=phase.upper(), weights=weights_path, stages=_stages(stages),
@@ -923,7 +925,7 @@ Example:
 @click.option("--verbose", "-v", is_flag=True, help="Also show each layer's one-line description.")
 def layers_command(verbose):
     """List every layer type dlsoft implements (Caffe's type names)."""
-    from .layers.registry import layer_class, registered_types  # noqa: PLC0415
+    from .layers.registry import layer_class, registered_types
 
     types = registered_types()
     width = max(len(t) for t in types)
@@ -981,7 +983,7 @@ def _size(value) -> str:
 @command(zoo_group, "list", epilog="\b\nExample:\n  dlsoft zoo list")
 def zoo_list_command():
     """List the zoo's entries: task, metric, weights size and whether they are here."""
-    from . import model_zoo  # noqa: PLC0415
+    from . import model_zoo
 
     rows = [("name", "task", "metric", "weights", "size")]
     for entry in model_zoo.list_entries():
@@ -996,8 +998,8 @@ def zoo_list_command():
 @click.argument("name")
 def zoo_show_command(name):
     """Show everything recorded about an entry (files, checksums, metrics, licence)."""
-    from . import model_zoo  # noqa: PLC0415
-    from .model_zoo.entry import dump_yaml  # noqa: PLC0415
+    from . import model_zoo
+    from .model_zoo.entry import dump_yaml
 
     entry = model_zoo.get_entry(name)
     info = entry.to_dict()
@@ -1013,7 +1015,7 @@ def zoo_show_command(name):
 @click.option("--overwrite", is_flag=True, help="Replace files already in DEST.")
 def zoo_get_command(name, dest, fetch_weights, no_weights, overwrite):
     """Copy an entry's files into DEST, to edit, retrain or publish."""
-    from . import model_zoo  # noqa: PLC0415
+    from . import model_zoo
 
     progress, close = _progress_bar()
     try:
@@ -1030,7 +1032,7 @@ def zoo_get_command(name, dest, fetch_weights, no_weights, overwrite):
 @click.option("--timeout", type=float, default=30, show_default=True, help="Network timeout in seconds.")
 def zoo_fetch_command(name, timeout):
     """Download an entry's weights (verified against their checksum) into the cache."""
-    from . import model_zoo  # noqa: PLC0415
+    from . import model_zoo
 
     progress, close = _progress_bar()
     try:
@@ -1046,7 +1048,7 @@ def zoo_fetch_command(name, timeout):
                                                         "next to the folder).")
 def zoo_publish_command(entry_dir, index):
     """Validate an entry folder, record its checksums, and add it to an index."""
-    from . import model_zoo  # noqa: PLC0415
+    from . import model_zoo
 
     entry = model_zoo.publish(entry_dir, index=index)
     click.echo(f"Published {entry.name} from {entry_dir}")
@@ -1056,7 +1058,7 @@ def zoo_publish_command(entry_dir, index):
 @click.argument("location")
 def zoo_add_index_command(location):
     """Add a zoo index (a path or URL) so its entries can be used by name."""
-    from . import model_zoo  # noqa: PLC0415
+    from . import model_zoo
 
     entries = model_zoo.add_index(location)
     click.echo(f"Added index {location} ({len(entries)} entries: "
@@ -1095,11 +1097,11 @@ Example:
 def convert_imageset_command(root, list_file, db_path, resize_height, resize_width, shuffle, gray, encoded,
                              encode_type, seed, backend):
     """Caffe's convert_imageset: images listed as `path label` lines into an LMDB of Datums."""
-    from .data.tools import convert_imageset  # noqa: PLC0415
+    from .data.tools import convert_imageset
 
     _lmdb_only(backend)
     if seed is not None:
-        from .random import set_seed  # noqa: PLC0415
+        from .random import set_seed
         set_seed(seed)
     _require_file(list_file, "list file")
     count = convert_imageset(root, list_file, db_path, resize_height=resize_height, resize_width=resize_width,
@@ -1117,7 +1119,7 @@ Example:
 @_backend_option
 def compute_mean_command(db_path, out, backend):
     """Caffe's compute_image_mean: the mean image of an LMDB, as a .binaryproto."""
-    from .data.tools import compute_image_mean  # noqa: PLC0415
+    from .data.tools import compute_image_mean
 
     _lmdb_only(backend)
     if not os.path.exists(db_path):
@@ -1137,7 +1139,7 @@ Example:
 @_backend_option
 def convert_mnist_command(images, labels, db_path, backend):
     """Caffe's convert_mnist_data: MNIST-format idx files (plain or .gz) into an LMDB."""
-    from .data.tools import convert_mnist  # noqa: PLC0415
+    from .data.tools import convert_mnist
 
     _lmdb_only(backend)
     _require_file(images, "images file")

@@ -142,9 +142,9 @@ def load_curves(path: str | Path) -> Curves:
 def plot_curves(curves: Curves, out_path: str | Path, title: str = "") -> Path:
     """Draw loss (train and test), the other test scores and lr against iterations into ``out_path``."""
     try:
-        import matplotlib  # noqa: PLC0415 - optional dependency
+        import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         raise DlsoftError("plotting needs matplotlib: pip install 'dlsoft[plot]'") from None
     losses = {f"train {k}": v for k, v in curves.train.items() if "loss" in k}

@@ -21,7 +21,7 @@ from dlsoft.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "cli.md"
-BLOCK = re.compile(r"(?:<!-- (?P<mark>[^>]*?) -->\s*\n)?```console\n(?P<body>.*?)```", re.S)
+BLOCK = re.compile(r"(?:<!-- (?P<mark>[^>]*?) -->\s*\n)?```console\n(?P<body>.*?)```", re.DOTALL)
 
 
 def doc_blocks() -> list[tuple[str, list[tuple[str, list[str]]]]]:
@@ -40,6 +40,7 @@ def doc_blocks() -> list[tuple[str, list[tuple[str, list[str]]]]]:
 
 def make_images(folder: Path) -> None:
     from PIL import Image
+
     from dlsoft.data.digits import load_digits
     images, labels = load_digits("test")[:2]
     folder.mkdir()

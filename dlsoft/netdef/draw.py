@@ -166,7 +166,7 @@ def draw_net(model, out_path: str | Path, *, phase: str = "TRAIN", rankdir: str 
 
 
 def _shapes_of(net_param: caffe_pb2.NetParameter, phase: str) -> tuple[dict[str, tuple], dict[str, int]]:
-    from .net import Net  # noqa: PLC0415 - building a net is needed only for shapes
+    from .net import Net
 
     try:
         net = Net(net_param, phase=phase)
