@@ -474,3 +474,46 @@ def test_error_names_the_line(tmp_path):
     path = write(tmp_path / "solver.prototxt", 'net: "x"\nbase_lr: 0.1\nlr_policy: "warmup"\n')
     with pytest.raises(SolverError, match=r"solver.prototxt:3: lr_policy: unknown policy 'warmup'"):
         Solver(path)
+
+
+def test_iter_size_accumulates_forward_backward_passes(tmp_path):
+    deterministic = NET.replace('dropout_ratio: 0.25', 'dropout_ratio: 0.0')
+    write(tmp_path / "net.prototxt", deterministic)
+
+    def run(iter_size: int):
+        net = tmp_path / "det.prototxt"
+        write(net, deterministic)
+        param = parse_solver_text(f'net: "{net}" base_lr: 0.1 lr_policy: "fixed" momentum: 0.9 '
+                                  f'weight_decay: 0.01 random_seed: 4 iter_size: {iter_size}')
+        solver = Solver(param, metrics=False)
+        calls = []
+        original = solver.net.forward_backward
+        solver.net.forward_backward = lambda: calls.append(1) or original()
+        feed_and_step(solver, 3)
+        return weights(solver), len(calls)
+    once, calls_once = run(1)
+    twice, calls_twice = run(2)
+    assert (calls_once, calls_twice) == (3, 6)
+    for a, b in zip(once, twice):  # (g + g) / 2 == g exactly
+        np.testing.assert_array_equal(a, b)
+
+
+def test_test_initialization_false_skips_iteration_zero(tmp_path, caplog):
+    net = write(tmp_path / "digits.prototxt", DIGITS_NET)
+    param = parse_solver_text(f"""
+        net: "{net}" test_iter: 1 test_interval: 2 test_initialization: false
+        base_lr: 0.1 lr_policy: "fixed" max_iter: 3 snapshot_after_train: false""")
+    with caplog.at_level(logging.INFO, logger="dlsoft.solver"), Solver(param, metrics=False) as solver:
+        solver.solve()
+    assert "Iteration 0, Testing net" not in caplog.text and "Iteration 2, Testing net (#0)" in caplog.text
+
+
+def test_progress_bar_shows_iteration_loss_and_lr(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every update
+    solver = tiny_solver(tmp_path, progress_bar=True)
+    x, t = batch(0)
+    solver.net.blobs["data"].data[...] = x
+    solver.net.blobs["target"].data[...] = t
+    solver.step(3)
+    err = capsys.readouterr().err
+    assert "iter 3" in err and "loss=" in err and "lr=0.05" in err
