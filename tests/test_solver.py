@@ -82,8 +82,9 @@ def batch(iteration: int):
 def feed_and_step(solver: Solver, iters: int) -> None:
     for _ in range(iters):
         x, t = batch(solver.iter)
-        solver.net.blobs["data"].data[...] = x
-        solver.net.blobs["target"].data[...] = t
+        data, target = solver.net.blobs["data"], solver.net.blobs["target"]
+        data.data[...] = data.xp.asarray(x)  # numpy on the CPU, cupy on a GPU
+        target.data[...] = target.xp.asarray(t)
         solver.step(1)
 
 
@@ -517,3 +518,26 @@ def test_progress_bar_shows_iteration_loss_and_lr(tmp_path, capsys, monkeypatch)
     solver.step(3)
     err = capsys.readouterr().err
     assert "iter 3" in err and "loss=" in err and "lr=0.05" in err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+def test_gpu_training_matches_cpu(tmp_path, kind):
+    from dlsoft.backend import to_numpy
+    deterministic = NET.replace('dropout_ratio: 0.25', 'dropout_ratio: 0.0')
+    net = write(tmp_path / "det.prototxt", deterministic)
+    momentum = "0" if kind in ("AdaGrad", "RMSProp") else "0.9"
+    text = (f'net: "{net}" type: "{kind}" base_lr: 0.05 lr_policy: "step" gamma: 0.5 stepsize: 2 '
+            f'momentum: {momentum} weight_decay: 0.01 clip_gradients: 5 iter_size: 2 random_seed: 4 '
+            f'snapshot_prefix: "{tmp_path / kind}"')
+    results = []
+    for device in ("cpu", "gpu"):
+        solver = Solver(parse_solver_text(text), device=device, metrics=False)
+        feed_and_step(solver, 4)
+        state = solver.snapshot()
+        restored = Solver(parse_solver_text(text), device=device, metrics=False)
+        restored.restore(state)
+        feed_and_step(restored, 2)
+        results.append([to_numpy(b.data).copy() for b in restored.net.learnable_params])
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
