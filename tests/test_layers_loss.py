@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradcheck import check_gradient, compare_devices, run_layer
 
 from dlsoft.errors import NetDefinitionError
 from dlsoft.layers import loss as loss_module
 from dlsoft.netdef.io import write_blob
-from gradcheck import check_gradient, compare_devices, run_layer
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

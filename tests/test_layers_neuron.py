@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradcheck import check_gradient, compare_devices, make_layer, run_layer
 
 from dlsoft import random as dl_random
 from dlsoft.backend import CPU
 from dlsoft.blob import Blob
 from dlsoft.layers import neuron
-from gradcheck import check_gradient, compare_devices, make_layer, run_layer
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
