@@ -510,7 +510,8 @@ def test_test_initialization_false_skips_iteration_zero(tmp_path, caplog):
 
 
 def test_progress_bar_shows_iteration_loss_and_lr(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every update
+    from dlsoft.solver import progress
+    monkeypatch.setitem(progress.BAR_OPTIONS, "mininterval", 0)  # draw every update
     solver = tiny_solver(tmp_path, progress_bar=True)
     x, t = batch(0)
     solver.net.blobs["data"].data[...] = x

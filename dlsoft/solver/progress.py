@@ -21,6 +21,9 @@ import time
 
 log = logging.getLogger(__name__)
 
+#: tqdm settings; the bar is cleared at the end (the log lines tell the story).
+BAR_OPTIONS = {"unit": "it", "dynamic_ncols": True, "leave": False, "mininterval": 0.25}
+
 
 def fmt(value: float) -> str:
     """A number as glog streams a float (6 significant digits)."""
@@ -53,8 +56,7 @@ class Progress:
             from tqdm import tqdm  # noqa: PLC0415
             from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
 
-            self._bar = tqdm(total=stop - start, initial=0, unit="it", dynamic_ncols=True, leave=False,
-                             desc=f"iter {start}")
+            self._bar = tqdm(total=stop - start, desc=f"iter {start}", **BAR_OPTIONS)
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()
 
