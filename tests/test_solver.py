@@ -220,7 +220,7 @@ def test_snapshot_files_and_contents(tmp_path):
     for saved, mine in zip(state.history, solver.history):
         np.testing.assert_array_equal(saved, mine)
     model = read_net(state.learned_net)
-    saved_ip1 = [layer for layer in model.layer if layer.name == "ip1"][0]
+    saved_ip1 = next(layer for layer in model.layer if layer.name == "ip1")
     np.testing.assert_array_equal(np.array(saved_ip1.blobs[0].data).reshape(8, 4), solver.net.params["ip1"][0].data)
     assert os.path.isfile(f"{prefix}_iter_3.dlstate.json")
     assert not [name for name in os.listdir(tmp_path / "snap") if name.endswith(".tmp")]
@@ -439,8 +439,7 @@ def test_non_finite_loss_stops_and_names_the_first_bad_blob(tmp_path):
 
 def test_non_finite_parameter_is_named(tmp_path):
     solver = tiny_solver(tmp_path)
-    x, t = batch(0)
-    solver.net.blobs["data"].data[...] = x
+    solver.net.blobs["data"].data[...] = batch(0)[0]
     solver.net.params["ip2"][0].data[0, 0] = np.inf
     with pytest.raises(SolverError, match=r"parameter 0 of layer 'ip2'"):
         solver.step(1)

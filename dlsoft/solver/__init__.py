@@ -8,4 +8,4 @@ from __future__ import annotations
 from .solver import Solver, get_solver, handling_signals
 from .updates import RULES as SOLVERS
 
-__all__ = ["Solver", "get_solver", "handling_signals", "SOLVERS"]
+__all__ = ["SOLVERS", "Solver", "get_solver", "handling_signals"]

@@ -53,8 +53,8 @@ class Progress:
         if bar is None:
             bar = sys.stderr.isatty()
         if bar and stop > start:
-            from tqdm import tqdm  # noqa: PLC0415
-            from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=stop - start, desc=f"iter {start}", **BAR_OPTIONS)
             self._redirect = logging_redirect_tqdm()

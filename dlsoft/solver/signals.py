@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Self
 
 from ..errors import SolverError
 
@@ -42,7 +43,7 @@ class SignalHandler:
             raise KeyboardInterrupt  # impatient second Ctrl-C
         self._pending.append(signum)
 
-    def __enter__(self) -> "SignalHandler":
+    def __enter__(self) -> SignalHandler:
         if threading.current_thread() is threading.main_thread():
             for signum in self.effects:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -93,7 +93,7 @@ def write_sidecar(path: str, content: dict) -> None:
 
 
 def _hdf5_bytes(fill) -> bytes:
-    import h5py  # noqa: PLC0415 - HDF5 snapshots only
+    import h5py
 
     buffer = _io.BytesIO()
     with h5py.File(buffer, "w") as f:
@@ -136,7 +136,7 @@ def read_state(path: str) -> SolverStateData:
 
 
 def _read_state_hdf5(path: str) -> SolverStateData:
-    import h5py  # noqa: PLC0415
+    import h5py
 
     try:
         with h5py.File(path, "r") as f:

@@ -26,6 +26,7 @@ import re
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -347,7 +348,7 @@ class Solver:
     def _requested_action(self) -> str:
         return self._signals.requested_action() if self._signals is not None else NONE
 
-    def _log_outputs(self, kind: str, net: Net, values: list[np.ndarray]) -> "OrderedDict[str, float | list]":
+    def _log_outputs(self, kind: str, net: Net, values: list[np.ndarray]) -> OrderedDict[str, float | list]:
         """Log ``    <kind> net output #i: name = v (* w = wv loss)`` per element, as Caffe."""
         index, report = 0, OrderedDict()
         for name, vector in zip(net.outputs, values):
@@ -423,7 +424,7 @@ class Solver:
             results.append(self.test(index, progress))
         return results
 
-    def test(self, index: int = 0, progress: Progress | None = None) -> "OrderedDict[str, float | list] | None":
+    def test(self, index: int = 0, progress: Progress | None = None) -> OrderedDict[str, float | list] | None:
         """Run test net ``index`` for ``test_iter[index]`` batches; log and return the mean of each output."""
         p = self.param
         log.info("Iteration %d, Testing net (#%d)", self.iter, index)
@@ -545,7 +546,7 @@ class Solver:
         for net in [self.net, *self.test_nets]:
             net.close()
 
-    def __enter__(self) -> "Solver":
+    def __enter__(self) -> Solver:
         return self
 
     def __exit__(self, *exc) -> None:

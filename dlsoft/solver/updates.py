@@ -22,7 +22,7 @@ set after the first (that is how ``.solverstate`` files store them).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
