@@ -43,7 +43,7 @@ class SignalHandler:
             raise KeyboardInterrupt  # impatient second Ctrl-C
         self._pending.append(signum)
 
-    def __enter__(self) -> SignalHandler:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for signum in self.effects:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -546,7 +546,7 @@ class Solver:
         for net in [self.net, *self.test_nets]:
             net.close()
 
-    def __enter__(self) -> Solver:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
