@@ -286,8 +286,8 @@ class Solver:
                     timer, last_display = time.perf_counter(), self.iter
                     outputs = self._log_outputs("Train", self.net, [to_numpy(self.net.blobs[n].data).ravel()
                                                                      for n in self.net.outputs])
-                    progress.event("train", self.iter, loss=self.smoothed_loss, lr=self.lr, iter_per_s=per_s,
-                                   outputs=outputs)
+                    progress.event("train", self.iter, loss=_short(self.smoothed_loss), lr=_short(self.lr),
+                                   iter_per_s=round(per_s, 3), outputs=outputs)
                 rate = self.apply_update(params, display)
                 self.iter += 1
                 progress.tick(self.iter, self.smoothed_loss, rate)
@@ -357,7 +357,7 @@ class Solver:
                 note = f" (* {fmt(weight)} = {fmt(weight * value)} loss)" if weight else ""
                 log.info("    %s net output #%d: %s = %s%s", kind, index, name, fmt(float(value)), note)
                 index += 1
-            report[name] = float(vector[0]) if vector.size == 1 else [float(v) for v in vector]
+            report[name] = _short(vector[0]) if vector.size == 1 else [_short(v) for v in vector]
         return report
 
     def apply_update(self, params=None, display: bool = False) -> float:
@@ -559,6 +559,11 @@ class Solver:
 def get_solver(path, device="cpu", **options) -> Solver:
     """pycaffe's ``get_solver``: a :class:`Solver` of the file's ``type``."""
     return Solver(path, device=device, **options)
+
+
+def _short(value) -> float:
+    """A float32 quantity as its shortest decimal (0.01, not 0.009999999776)."""
+    return float(f"{float(value):.7g}")
 
 
 def _field_line(path: str | None, field: str) -> int | None:
