@@ -541,3 +541,18 @@ def test_gpu_training_matches_cpu(tmp_path, kind):
         results.append([to_numpy(b.data).copy() for b in restored.net.learnable_params])
     for cpu, gpu in zip(*results):
         np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_train_net_param_and_several_test_nets_in_caffe_order(tmp_path):
+    small = ('name: "{}" layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 2 }} }} }} '
+             'layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 2 }} }}')
+    test_file = write(tmp_path / "from_file.prototxt", small.format("file"))
+    param = parse_solver_text(f"""
+        train_net_param {{ {small.format("train")} }}
+        test_net: "{test_file}"
+        test_net_param {{ {small.format("param_a")} }} test_net_param {{ {small.format("param_b")} }}
+        test_iter: 1 test_iter: 2 test_iter: 3 test_interval: 5 base_lr: 0.1 lr_policy: "fixed" """)
+    solver = Solver(param, metrics=False)
+    assert solver.net.name == "train"
+    assert [net.name for net in solver.test_nets] == ["param_a", "param_b", "file"]  # params first, as Caffe
+    assert np.shares_memory(solver.test_nets[2].params["ip"][0].data, solver.net.params["ip"][0].data)
