@@ -87,7 +87,7 @@ def compute_image_mean(db_path: str, out_binaryproto: str) -> int:
     c, h, w = mean.shape
     blob = caffe_pb2.BlobProto(num=1, channels=c, height=h, width=w)
     blob.data.extend(mean.ravel().tolist())
-    from ..netdef.io import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     atomic_write_bytes(out_binaryproto, blob.SerializeToString())
     for channel, value in enumerate(mean.reshape(c, -1).mean(axis=1)):

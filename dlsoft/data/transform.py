@@ -89,7 +89,7 @@ def _read_mean(path: str, in_shape: tuple[int, int, int], where: str) -> np.ndar
 
     if not os.path.isfile(path):
         raise DataError(f"{where}mean_file not found: {path}")
-    from ..netdef.io import read_blob
+    from ..fileio import read_blob
 
     mean = read_blob(path)
     if mean.ndim == 4 and mean.shape[0] == 1:

@@ -289,7 +289,7 @@ class InfogainLossLayer(_SoftmaxLabelLoss):
             source = self.param.infogain_loss_param.source
             if not source:
                 raise self.error("infogain_loss_param.source (the H matrix) or a third bottom is required")
-            from ..netdef.io import read_blob  # imported here: netdef sits above layers
+            from ..fileio import read_blob
             self.fixed_h = self.xp.asarray(read_blob(source).astype(np.float32))
 
     def softmax_axis_param(self):
