@@ -1,4 +1,4 @@
-"""Every example in docs/cli.md runs, in order, in one empty directory.
+"""Every example in README.md runs, in order, in one empty directory.
 
 Blocks marked ``<!-- slow -->`` run only with ``-m slow``; ``<!-- needs graphviz -->``
 only where Graphviz's ``dot`` is installed; ``<!-- expect-error -->`` must fail with
@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from dlsoft.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "cli.md"
+DOC = ROOT / "README.md"
 BLOCK = re.compile(r"(?:<!-- (?P<mark>[^>]*?) -->\s*\n)?```console\n(?P<body>.*?)```", re.DOTALL)
 
 
