@@ -14,14 +14,6 @@ from dlsoft.netdef.upgrade import upgrade_net, upgrade_solver
 from dlsoft.protos import caffe_pb2
 
 DATA = Path(__file__).resolve().parent / "data" / "io"
-SHARED_CAFFE = Path(__file__).parents[1].parent / "shared" / "caffe"
-
-
-@pytest.fixture(scope="module")
-def shared_caffe() -> Path:
-    if not SHARED_CAFFE.is_dir():
-        pytest.skip(f"{SHARED_CAFFE} is not present")
-    return SHARED_CAFFE
 
 
 def _kind(path: Path):

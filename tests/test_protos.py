@@ -13,14 +13,6 @@ from dlsoft.protos import caffe_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "dlsoft" / "protos"
-SHARED_CAFFE = Path(__file__).parents[1].parent / "shared" / "caffe"
-
-
-@pytest.fixture(scope="module")
-def shared_caffe() -> Path:
-    if not SHARED_CAFFE.is_dir():
-        pytest.skip(f"{SHARED_CAFFE} is not present")
-    return SHARED_CAFFE
 
 
 def _serialized_descriptor(pb2_source: str) -> bytes:
