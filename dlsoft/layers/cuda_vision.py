@@ -7,15 +7,10 @@ lrn_layer.cu ideas). Arrays must be C-contiguous float32; sizes are passed as in
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from ..backend import cupy_module
+from . import cuda
 from .im2col import COL2IM_SOURCE, IM2COL_SOURCE, Geometry
-
-THREADS = 256
-MAX_BLOCKS = 65535
 
 MAX_POOL_FORWARD_SOURCE = r"""
 extern "C" __global__ void dl_max_pool_forward(
@@ -193,18 +188,9 @@ SOURCES = {
 }
 
 
-@functools.cache
-def kernel(name: str):
-    """The compiled ``cupy.RawKernel`` called ``name`` (compiled once, on first use)."""
-    return cupy_module().RawKernel(SOURCES[name], name)
-
-
 def launch(name: str, total: int, *args) -> None:
-    """Run kernel ``name`` over ``total`` elements (grid-stride, so any size fits)."""
-    if total == 0:
-        return
-    blocks = min((total + THREADS - 1) // THREADS, MAX_BLOCKS)
-    kernel(name)((blocks,), (THREADS,), args)
+    """Run kernel ``name`` of this module over ``total`` elements."""
+    cuda.launch(SOURCES[name], name, total, *args)
 
 
 def i32(value: int) -> np.int32:

@@ -15,13 +15,14 @@ gradient; the others run their array-module code on cupy arrays.
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
-from ..backend import array_module, cupy_module
+from ..backend import array_module
+from . import cuda
 from .base import Layer
 from .common import canonical_axis, outer_dim_inner
+from .normalization import softmax
 from .registry import register
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -82,15 +83,6 @@ class LossLayer(Layer):
         p = self.param.loss_param
         self.has_ignore = p.HasField("ignore_label")
         self.ignore_label = int(p.ignore_label)
-
-
-def softmax(xp, x3, prob3, column) -> None:
-    """``prob = exp(x - max) / Σ exp(x - max)`` over axis 1 of (outer, dim, inner) arrays."""
-    xp.amax(x3, axis=1, keepdims=True, out=column)
-    xp.subtract(x3, column, out=prob3)
-    xp.exp(prob3, out=prob3)
-    xp.sum(prob3, axis=1, keepdims=True, out=column)
-    prob3 /= column
 
 
 class _SoftmaxLabelLoss(LossLayer):
@@ -252,18 +244,11 @@ SOURCES = {
     "dl_softmax_loss_forward": SOFTMAX_LOSS_FORWARD_SOURCE,
     "dl_softmax_loss_backward": SOFTMAX_LOSS_BACKWARD_SOURCE,
 }
-THREADS, MAX_BLOCKS = 256, 65535
-
-
-@functools.cache
-def kernel(name: str):
-    """The compiled ``cupy.RawKernel`` called ``name`` (compiled once, on first use)."""
-    return cupy_module().RawKernel(SOURCES[name], name)
 
 
 def launch(name: str, total: int, *args) -> None:
-    if total:
-        kernel(name)((min((total + THREADS - 1) // THREADS, MAX_BLOCKS),), (THREADS,), args)
+    """Run kernel ``name`` of this module over ``total`` work items."""
+    cuda.launch(SOURCES[name], name, total, *args)
 
 
 @register

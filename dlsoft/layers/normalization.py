@@ -1,16 +1,16 @@
 """Normalising layers: Softmax, BatchNorm, MVN (Caffe semantics).
 
-GPU: each is written with array-module reductions and element-wise operations into
-buffers sized in ``reshape`` (``out=`` everywhere), so on cupy arrays the same code is
-a handful of fused reduction/element-wise kernel launches and allocates nothing per
-call. For Softmax that is max → subtract → exp → sum → divide over the softmax axis;
-we chose this over a hand-written RawKernel because it is already one pass per step,
-allocation-free, and provably identical to the CPU path.
+GPU: Softmax (forward and backward, also used by SoftmaxWithLoss and InfogainLoss) has
+its own CUDA kernels, one thread per softmax column, instead of five launches. BatchNorm
+and MVN run their array-module code (reductions and element-wise operations into
+buffers sized in ``reshape``, ``out=`` everywhere) on cupy arrays unchanged, which
+allocates nothing per call.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import cuda
 from .base import TEST, Layer
 from .common import canonical_axis, outer_dim_inner
 from .registry import register
@@ -41,13 +41,7 @@ class SoftmaxLayer(Layer):
         return array.reshape(self.outer, self.dim, self.inner)
 
     def forward_cpu(self, bottoms, tops):
-        xp = self.xp
-        x, y = self.view3(bottoms[0].data), self.view3(tops[0].data)
-        xp.amax(x, axis=1, keepdims=True, out=self.column)
-        xp.subtract(x, self.column, out=y)
-        xp.exp(y, out=y)
-        xp.sum(y, axis=1, keepdims=True, out=self.column)
-        y /= self.column
+        softmax(self.xp, self.view3(bottoms[0].data), self.view3(tops[0].data), self.column)
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
@@ -60,6 +54,73 @@ class SoftmaxLayer(Layer):
         xp.sum(work, axis=1, keepdims=True, out=self.column)
         xp.subtract(dy, self.column, out=dx)
         dx *= y
+
+    def backward_gpu(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            outer, dim, inner = self.outer, self.dim, self.inner
+            cuda.launch(SOFTMAX_BACKWARD_SOURCE, "dl_softmax_backward", outer * inner, tops[0].data,
+                        tops[0].diff, bottoms[0].diff, np.int64(outer * inner), np.int32(dim), np.int32(inner))
+
+
+def softmax(xp, x3, y3, column) -> None:
+    """``y = exp(x - max) / Σ exp(x - max)`` over axis 1 of (outer, dim, inner) arrays.
+
+    ``column`` is an (outer, 1, inner) work buffer; ``y3`` may be ``x3`` (in place). On
+    a GPU one fused kernel does it, one thread per (outer, inner) column.
+    """
+    if xp is np:
+        xp.amax(x3, axis=1, keepdims=True, out=column)
+        xp.subtract(x3, column, out=y3)
+        xp.exp(y3, out=y3)
+        xp.sum(y3, axis=1, keepdims=True, out=column)
+        y3 /= column
+        return
+    outer, dim, inner = x3.shape
+    cuda.launch(SOFTMAX_FORWARD_SOURCE, "dl_softmax_forward", outer * inner, x3, y3,
+                np.int64(outer * inner), np.int32(dim), np.int32(inner))
+
+
+# One thread per (outer, inner) column of a C-contiguous (outer, dim, inner) array. Each
+# element is read before it is written, so both kernels also work in place.
+SOFTMAX_FORWARD_SOURCE = r"""
+extern "C" __global__ void dl_softmax_forward(
+    const float* x, float* y, const long long columns, const int dim, const int inner) {
+  for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < columns;
+       c += (long long)blockDim.x * gridDim.x) {
+    const long long base = (c / inner) * dim * (long long)inner + c % inner;
+    float largest = -3.402823466e+38f;
+    for (int d = 0; d < dim; ++d) largest = fmaxf(largest, x[base + (long long)d * inner]);
+    float total = 0.f;
+    for (int d = 0; d < dim; ++d) {
+      const float e = expf(x[base + (long long)d * inner] - largest);
+      y[base + (long long)d * inner] = e;
+      total += e;
+    }
+    const float inverse = 1.f / total;
+    for (int d = 0; d < dim; ++d) y[base + (long long)d * inner] *= inverse;
+  }
+}
+"""
+
+SOFTMAX_BACKWARD_SOURCE = r"""
+extern "C" __global__ void dl_softmax_backward(
+    const float* y, const float* dy, float* dx, const long long columns, const int dim,
+    const int inner) {
+  for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < columns;
+       c += (long long)blockDim.x * gridDim.x) {
+    const long long base = (c / inner) * dim * (long long)inner + c % inner;
+    float dot = 0.f;
+    for (int d = 0; d < dim; ++d) dot += dy[base + (long long)d * inner] * y[base + (long long)d * inner];
+    for (int d = 0; d < dim; ++d) {
+      const long long i = base + (long long)d * inner;
+      dx[i] = (dy[i] - dot) * y[i];
+    }
+  }
+}
+"""
+
+#: Every RawKernel source of this module, by kernel name (the NVRTC test compiles each).
+SOURCES = {"dl_softmax_forward": SOFTMAX_FORWARD_SOURCE, "dl_softmax_backward": SOFTMAX_BACKWARD_SOURCE}
 
 
 @register

@@ -89,7 +89,7 @@ class _RecurrentLayer(Layer):
                              f"{', initial states' if exposed else ''}), got {len(bottoms)}")
         if len(tops) != 1 + exposed:
             raise self.error(f"expected {1 + exposed} tops, got {len(tops)}")
-        x, cont = bottoms[0], bottoms[1]
+        x = bottoms[0]
         if x.num_axes < 3:
             raise self.error(f"bottom 'x' must be T x N x ..., got shape {x.shape}")
         self.input_dim = x.count_from(2)
