@@ -401,3 +401,19 @@ def test_error_layer_setup_problem_names_file_and_line(tmp_path):
     with pytest.raises(NetDefinitionError) as info:
         dlsoft.Net(path)
     assert str(info.value).startswith(f"{path}:3:") and "sum" in str(info.value)
+
+
+def test_no_backward_into_a_branch_cut_by_propagate_down():
+    """A learnable layer whose only consumer refuses gradient (propagate_down: false) is skipped."""
+    text = """
+    layer { name: "data" type: "Input" top: "data" top: "target"
+            input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 } } }
+    layer { name: "side" type: "InnerProduct" bottom: "data" top: "side" inner_product_param { num_output: 3 } }
+    layer { name: "main" type: "InnerProduct" bottom: "side" top: "out" propagate_down: false
+            inner_product_param { num_output: 2 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "target" top: "loss" }
+    """
+    net = dlsoft.Net(io.parse_net_text(text), phase="TRAIN")
+    need = dict(zip(net.layer_names, net.layer_need_backward))
+    assert need["main"] is True and need["side"] is False
+    assert net.bottom_need_backward[net.layer_names.index("main")] == [False]

@@ -54,6 +54,8 @@ class Net:
         filtered = graph.filter_net(net_param, state, self.source)
         graph.check_bottoms(filtered, self.source)
         self.net_param = graph.insert_splits(filtered)
+        self._inserted_splits = {layer.name for layer in self.net_param.layer} - \
+            {layer.name for layer in filtered.layer}
         self.force_backward = net_param.force_backward
 
         self.layers: list[Layer] = []
@@ -217,16 +219,24 @@ class Net:
                 needs_grad[id(blob)] = need
             self.layer_need_backward[i] = need
             self.bottom_need_backward.append(flags)
-        # Walk back from the losses: layers that reach no loss need no backward.
+        # Walk back from the losses (Caffe's order): layers that reach no loss, or whose
+        # tops get no gradient from their consumers, need no backward.
         under_loss: set[int] = {id(blob) for blob, _ in self._loss_tops}
+        skip: set[int] = set()
         for i in reversed(range(n)):
-            tops = self.top_ids[i]
+            tops, bottoms = self.top_ids[i], self.bottom_ids[i]
             contributes = any(id(blob) in under_loss for blob in tops)
+            if all(id(blob) in skip for blob in tops) and self.layer_need_backward[i]:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(bottoms)
             if not contributes:
                 self.layer_need_backward[i] = False
-                self.bottom_need_backward[i] = [False] * len(self.bottom_ids[i])
-            else:
-                under_loss.update(id(blob) for blob in self.bottom_ids[i])
+                self.bottom_need_backward[i] = [False] * len(bottoms)
+            for j, blob in enumerate(bottoms):
+                if contributes:
+                    under_loss.add(id(blob))
+                if not self.bottom_need_backward[i][j]:
+                    skip.add(id(blob))
         if self.force_backward:
             for i, layer in enumerate(self.layers):
                 if layer.forward_only:
@@ -393,8 +403,8 @@ class Net:
         param = caffe_pb2.NetParameter()
         param.name = self.name
         for layer in self.layers:
-            if layer.type == "Split" and layer.name not in _declared_layers(self):
-                continue  # splits this net inserted itself are not part of the model
+            if layer.name in self._inserted_splits:
+                continue  # splits the graph inserted are not part of the model
             layer_param = param.layer.add()
             layer_param.CopyFrom(layer.param)
             layer_param.ClearField("blobs")
@@ -470,17 +480,6 @@ class Net:
 
     def __repr__(self) -> str:
         return f"<Net {self.name!r} {self.phase} {len(self.layers)} layers on {self.device}>"
-
-
-def _declared_layers(net: Net) -> set[str]:
-    cached = getattr(net, "_declared_cache", None)
-    if cached is None:
-        source_layers = {layer.name for layer in net.net_param.layer if layer.type != "Split"}
-        inserted = {layer.name for layer in net.net_param.layer
-                    if layer.type == "Split" and layer.name.endswith("_split")}
-        cached = source_layers | ({layer.name for layer in net.net_param.layer if layer.type == "Split"} - inserted)
-        net._declared_cache = cached
-    return cached
 
 
 def _legacy_shape_match(file_shape: tuple, net_shape: tuple) -> bool:
