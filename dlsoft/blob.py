@@ -48,6 +48,28 @@ class Blob:
     def num_axes(self) -> int:
         return len(self._shape)
 
+    # pycaffe's legacy 4-d accessors (Caffe's LegacyShape: 1 for missing axes).
+    @property
+    def num(self) -> int:
+        return self._legacy(0)
+
+    @property
+    def channels(self) -> int:
+        return self._legacy(1)
+
+    @property
+    def height(self) -> int:
+        return self._legacy(2)
+
+    @property
+    def width(self) -> int:
+        return self._legacy(3)
+
+    def _legacy(self, index: int) -> int:
+        if len(self._shape) > 4:
+            raise ValueError(f"blob {self.name!r} of shape {self._shape} has more than 4 axes")
+        return self._shape[index] if index < len(self._shape) else 1
+
     def count_from(self, start: int, end: int | None = None) -> int:
         """Product of the dimensions in ``shape[start:end]`` (Caffe's ``count(start, end)``)."""
         return int(np.prod(self._shape[start:end], dtype=np.int64))
