@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dlsoft.data.tools import convert_mnist
+from dlsoft.netdef.io import read_solver
 from dlsoft.solver import Solver
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -46,7 +47,10 @@ def test_caffe_lenet_config_reads_the_converted_lmdb(fashion_run_dir):
 
 @pytest.mark.slow
 def test_lenet_on_full_fashion_mnist_reaches_89_percent(fashion_run_dir):
-    with Solver("examples/mnist/lenet_solver.prototxt", metrics=False) as solver:
+    # Caffe's file sets no seed (unseeded runs gave 0.8993 and 0.8954); seeded, the run repeats.
+    param = read_solver("examples/mnist/lenet_solver.prototxt")
+    param.random_seed = 1701
+    with Solver(param, metrics=False) as solver:
         start = time.perf_counter()
         solver.solve()
         wall = time.perf_counter() - start
