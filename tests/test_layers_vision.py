@@ -209,6 +209,31 @@ def test_pooling_matches_torch(method, extra):
     assert_close(bottoms[0].diff, grads(backward_with(layer, bottoms, tops)[0])[0])
 
 
+# Windows inside the input (read in place), disjoint (written back directly), covering or not.
+EXACT_POOL_CASES = [("kernel_size: 2 stride: 2", (2, 3, 8, 6)), ("kernel_size: 3 stride: 3", (2, 2, 6, 9)),
+                    ("kernel_size: 2 stride: 3", (2, 2, 8, 8)), ("kernel_size: 3 stride: 1", (1, 2, 5, 6))]
+
+
+@pytest.mark.parametrize("extra,shape", EXACT_POOL_CASES)
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+def test_pooling_inside_the_input_matches_torch(method, extra, shape):
+    torch = pytest.importorskip("torch")
+    x = distinct(shape)
+    layer, bottoms, tops = run_layer(pool(method, extra), [x])
+    assert layer._direct
+    k, s = layer.kernel, layer.stride
+    if method == "MAX":
+        fn = lambda a: torch.nn.functional.max_pool2d(a, k, s, ceil_mode=True)
+    else:
+        fn = lambda a: torch.nn.functional.avg_pool2d(a, k, s, ceil_mode=True)
+    expected, grads = torch_reference(fn, x)
+    assert_close(tops[0].data, expected)
+    bottoms[0].diff[...] = np.nan  # stale values must be overwritten, not accumulated
+    top_diffs = backward_with(layer, bottoms, tops)
+    assert_close(bottoms[0].diff, grads(top_diffs[0])[0])
+    check_gradient(pool(method, extra), [x], top_indices=[0])
+
+
 def test_max_pooling_mask_top_is_the_torch_argmax():
     torch = pytest.importorskip("torch")
     x = distinct((2, 3, 7, 6), seed=4)

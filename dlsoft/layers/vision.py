@@ -429,6 +429,10 @@ class Pooling(Layer):
         if self.device.is_gpu:
             self._mask = xp.empty((n, c, oh, ow), np.float32) if self.method == 0 else None
             return
+        # Windows that all lie inside the input are read (and written back) in place.
+        self._direct = (ph, pw) == (0, 0) and (oh - 1) * sh + kh <= height and (ow - 1) * sw + kw <= width
+        self._disjoint = sh >= kh and sw >= kw
+        self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
         # Padded work buffers cover every window, including those ceil rounding adds.
         padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
         self._padded = np.full(padded, -np.inf if self.method == 0 else 0, np.float32)
@@ -449,16 +453,22 @@ class Pooling(Layer):
 
     def forward_cpu(self, bottoms, tops):
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
-        self._padded[:, :, ph:ph + height, pw:pw + width] = bottoms[0].data
+        if self._direct:  # every window lies inside the input: read it in place
+            source = bottoms[0].data
+        else:
+            source = self._padded
+            source[:, :, ph:ph + height, pw:pw + width] = bottoms[0].data
         top = tops[0].data
         if self.method == 0:
-            top[...] = -np.inf
-            self._argmax[...] = 0
             for offset, i, j in self._offsets():
-                window = self._window(self._padded, i, j)
+                window = self._window(source, i, j)
+                if offset == 0:
+                    np.copyto(top, window)
+                    self._argmax.fill(0)
+                    continue
                 np.greater(window, top, out=self._hit)  # strict: the first maximum wins
-                np.copyto(top, window, where=self._hit)
-                np.copyto(self._argmax, offset, where=self._hit)
+                np.maximum(top, window, out=top)
+                np.putmask(self._argmax, self._hit, offset)
             if len(tops) > 1:
                 kw = self.kernel[1]
                 rows, cols = np.divmod(self._argmax, kw)
@@ -466,14 +476,28 @@ class Pooling(Layer):
         else:
             top[...] = 0
             for _, i, j in self._offsets():
-                top += self._window(self._padded, i, j)
+                top += self._window(source, i, j)
             top /= self._divisor
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
-        dy, diff = tops[0].diff, self._padded_diff
+        dy = tops[0].diff
+        if self._direct and self._disjoint:
+            # Windows neither overlap nor leave the input: each offset writes its own pixels.
+            dx = bottoms[0].diff
+            if not self._covering:
+                dx.fill(0)
+            if self.method == 0:
+                for offset, i, j in self._offsets():
+                    np.equal(self._argmax, offset, out=self._hit)
+                    np.multiply(dy, self._hit, out=self._window(dx, i, j))
+            else:
+                for _, i, j in self._offsets():
+                    np.divide(dy, self._divisor, out=self._window(dx, i, j))
+            return
+        diff = self._padded_diff
         diff[...] = 0
         if self.method == 0:
             for offset, i, j in self._offsets():
