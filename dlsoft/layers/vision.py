@@ -372,6 +372,8 @@ class Pooling(Layer):
     maximum in window order (optional second top: its index ``h*W + w`` as float).
     AVE sums the window and divides by its size clipped to the *padded* input,
     ``(min(start + k, in + pad) - start)`` per axis, not by the valid pixel count.
+    On the CPU a NaN in a window makes the MAX output NaN (as PyTorch; Caffe skips it),
+    which the solver's non-finite guard then reports.
     """
 
     type = "Pooling"
