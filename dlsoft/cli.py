@@ -412,26 +412,16 @@ def apply_overrides(solver, where: str, *, lr=None, max_iter=None, batch_size=No
     if solver_type is not None:
         solver.type = solver_type
         solver.ClearField("solver_type")
-    if lr_policy is not None:
-        solver.lr_policy = lr_policy
-    if test_interval is not None:
-        solver.test_interval = test_interval
+    plain = {"lr_policy": lr_policy, "test_interval": test_interval, "momentum": momentum,
+             "weight_decay": weight_decay, "display": display, "snapshot": snapshot_every,
+             "snapshot_prefix": snapshot_prefix, "random_seed": seed}
+    for field, value in plain.items():
+        if value is not None:
+            setattr(solver, field, value)
     if test_iter is not None:
         count = max(len(solver.test_iter), 1)
         solver.ClearField("test_iter")
         solver.test_iter.extend([test_iter] * count)
-    if momentum is not None:
-        solver.momentum = momentum
-    if weight_decay is not None:
-        solver.weight_decay = weight_decay
-    if display is not None:
-        solver.display = display
-    if snapshot_every is not None:
-        solver.snapshot = snapshot_every
-    if snapshot_prefix is not None:
-        solver.snapshot_prefix = snapshot_prefix
-    if seed is not None:
-        solver.random_seed = seed
     if stages:
         solver.train_state.stage.extend(s for s in stages if s not in solver.train_state.stage)
     if level is not None:
