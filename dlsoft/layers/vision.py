@@ -575,6 +575,7 @@ class LRN(Layer):
             return
         self._padded = xp.zeros(padded, np.float32)
         self._rows = xp.zeros((n, c, h + 2 * half, w), np.float32) if not self.across else None
+        self._work = xp.zeros((n, c, h, w), np.float32)
 
     def _window_sum(self, values, out) -> None:
         """out = sum of ``values`` over the zero-padded LRN window (channels or n×n pixels)."""
@@ -598,7 +599,8 @@ class LRN(Layer):
                 out += rows[:, :, i:i + height]
 
     def _fill_scale(self, x) -> None:
-        self._window_sum(x * x, self._scale)
+        self.xp.multiply(x, x, out=self._work)
+        self._window_sum(self._work, self._scale)
         self._scale *= self.scale_alpha
         self._scale += self.k if self.across else 1.0
         self.xp.power(self._scale, -self.beta, out=self._power)
@@ -611,11 +613,14 @@ class LRN(Layer):
         if not propagate_down[0]:
             return
         x, y, dy = bottoms[0].data, tops[0].data, tops[0].diff
-        accum = bottoms[0].diff
-        self._window_sum(dy * y / self._scale, accum)
+        accum, work = bottoms[0].diff, self._work
+        self.xp.multiply(dy, y, out=work)
+        work /= self._scale
+        self._window_sum(work, accum)
         accum *= x
         accum *= -2.0 * self.scale_alpha * self.beta
-        accum += dy * self._power
+        self.xp.multiply(dy, self._power, out=work)
+        accum += work
 
     def forward_gpu(self, bottoms, tops):
         if not self.across:  # WITHIN_CHANNEL: the box sums above, on cupy arrays
