@@ -175,6 +175,28 @@ extern "C" __global__ void dl_lrn_backward(
 """
 
 #: Every RawKernel source of the vision layers, by kernel name (the NVRTC test compiles each).
+LRN_WINDOW_SUM_SOURCE = r"""
+extern "C" __global__ void dl_lrn_window_sum(
+    const float* values, float* out, const long long total, const int height, const int width,
+    const int size) {
+  // WITHIN_CHANNEL: the sum over the size x size window centred on each pixel (zero-padded).
+  const int half = (size - 1) / 2;
+  for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
+       index += (long long)blockDim.x * gridDim.x) {
+    const int x = index % width;
+    const int y = (index / width) % height;
+    const float* plane = values + (index / ((long long)width * height)) * height * width;
+    const int ys = max(y - half, 0), ye = min(y + half + 1, height);
+    const int xs = max(x - half, 0), xe = min(x + half + 1, width);
+    float sum = 0.f;
+    for (int yy = ys; yy < ye; ++yy) {
+      for (int xx = xs; xx < xe; ++xx) sum += plane[yy * width + xx];
+    }
+    out[index] = sum;
+  }
+}
+"""
+
 SOURCES = {
     "dl_im2col": IM2COL_SOURCE,
     "dl_col2im": COL2IM_SOURCE,
@@ -185,6 +207,7 @@ SOURCES = {
     "dl_lrn_fill_scale": LRN_FILL_SCALE_SOURCE,
     "dl_lrn_output": LRN_OUTPUT_SOURCE,
     "dl_lrn_backward": LRN_BACKWARD_SOURCE,
+    "dl_lrn_window_sum": LRN_WINDOW_SUM_SOURCE,
 }
 
 

@@ -572,13 +572,21 @@ class LRN(Layer):
         self._scale = xp.zeros((n, c, h, w), np.float32)
         self._power = xp.zeros((n, c, h, w), np.float32)
         if self.across and self.device.is_gpu:
-            return
+            return  # the ACROSS_CHANNELS kernels need no work buffers
+        self._work = xp.zeros((n, c, h, w), np.float32)
+        if self.device.is_gpu:
+            return  # WITHIN_CHANNEL window sums are one kernel on the GPU
         self._padded = xp.zeros(padded, np.float32)
         self._rows = xp.zeros((n, c, h + 2 * half, w), np.float32) if not self.across else None
-        self._work = xp.zeros((n, c, h, w), np.float32)
 
     def _window_sum(self, values, out) -> None:
         """out = sum of ``values`` over the zero-padded LRN window (channels or n×n pixels)."""
+        if self.device.is_gpu:  # WITHIN_CHANNEL only: ACROSS_CHANNELS has kernels of its own
+            from .cuda_vision import i32, launch
+            height, width = values.shape[2:]
+            launch("dl_lrn_window_sum", values.size, values, out, np.int64(values.size), i32(height), i32(width),
+                   i32(self.size))
+            return
         half, size = (self.size - 1) // 2, self.size
         padded = self._padded
         if self.across:
@@ -623,7 +631,7 @@ class LRN(Layer):
         accum += work
 
     def forward_gpu(self, bottoms, tops):
-        if not self.across:  # WITHIN_CHANNEL: the box sums above, on cupy arrays
+        if not self.across:  # WITHIN_CHANNEL: the code above, its window sums one kernel
             return self.forward_cpu(bottoms, tops)
         from .cuda_vision import launch
         x = bottoms[0].data
