@@ -112,6 +112,13 @@ class _SoftmaxLabelLoss(LossLayer):
     def view3(self, array):
         return array.reshape(self.outer, self.dim, self.inner)
 
+    def write_loss(self, tops, total, valid_count) -> None:
+        """``top[0] = total / normalizer``; an optional second top gets the probabilities."""
+        self.norm = normalizer(self.mode, self.outer, self.inner, valid_count)
+        self.xp.divide(total, self.norm, out=tops[0].data)
+        if len(tops) > 1:
+            self.xp.copyto(self.view3(tops[1].data), self.prob)
+
     def compute_valid(self) -> None:
         """``valid`` = 1 where the label is not ignored; ignored labels become 0 (a safe index)."""
         if self.has_ignore:
@@ -163,10 +170,7 @@ class SoftmaxWithLossLayer(_SoftmaxLabelLoss):
         xp.maximum(p, FLT_MIN, out=p)
         xp.log(p, out=p)
         p *= self.valid[:, 0, :]
-        self.norm = normalizer(self.mode, self.outer, self.inner, self.valid.sum())
-        xp.divide(-self.loss_terms.sum(), self.norm, out=tops[0].data)
-        if len(tops) > 1:
-            xp.copyto(self.view3(tops[1].data), self.prob)
+        self.write_loss(tops, -self.loss_terms.sum(), self.valid.sum())
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         self.refuse_label_backward(propagate_down)
@@ -185,10 +189,7 @@ class SoftmaxWithLossLayer(_SoftmaxLabelLoss):
         softmax(xp, self.view3(bottoms[0].data), self.prob, self.column)
         launch("dl_softmax_loss_forward", self.outer * self.inner, self.prob, bottoms[1].data,
                self.loss_terms, self.counts, *self._shape_args())
-        self.norm = normalizer(self.mode, self.outer, self.inner, self.counts.sum())
-        xp.divide(self.loss_terms.sum(), self.norm, out=tops[0].data)
-        if len(tops) > 1:
-            xp.copyto(self.view3(tops[1].data), self.prob)
+        self.write_loss(tops, self.loss_terms.sum(), self.counts.sum())
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         self.refuse_label_backward(propagate_down)
@@ -305,10 +306,7 @@ class InfogainLossLayer(_SoftmaxLabelLoss):
         xp.log(self.log_prob, out=self.log_prob)
         self.log_prob *= self.h_rows.transpose(0, 2, 1)
         self.log_prob *= self.valid
-        self.norm = normalizer(self.mode, self.outer, self.inner, self.valid.sum())
-        xp.divide(-self.log_prob.sum(), self.norm, out=tops[0].data)
-        if len(tops) > 1:
-            xp.copyto(self.view3(tops[1].data), self.prob)
+        self.write_loss(tops, -self.log_prob.sum(), self.valid.sum())
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         self.refuse_label_backward(propagate_down)
