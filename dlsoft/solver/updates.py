@@ -51,6 +51,19 @@ class UpdateRule:
         """Replace ``blobs[index].diff`` (the gradient) by the update to subtract."""
         raise NotImplementedError
 
+    @staticmethod
+    def _average_square(xp, average, g, decay, tmp) -> None:
+        """``average = decay*average + (1-decay)*g^2`` in place (``tmp`` is overwritten)."""
+        xp.multiply(g, g, out=tmp)
+        tmp *= np.float32(1) - decay
+        average *= decay
+        average += tmp
+
+    def _root_plus_delta(self, xp, h, out) -> None:
+        """``out = sqrt(h) + delta``: the denominator of AdaGrad, RMSProp and Adam."""
+        xp.sqrt(h, out=out)
+        out += np.float32(self.param.delta)
+
 
 class SGD(UpdateRule):
     type = "SGD"
@@ -86,8 +99,7 @@ class AdaGrad(UpdateRule):
         g, h, (tmp,) = self.blobs[index].diff, self.history[index], self.scratch[index]
         xp.multiply(g, g, out=tmp)
         h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += np.float32(self.param.delta)
+        self._root_plus_delta(xp, h, tmp)
         g /= tmp
         g *= np.float32(lr)
 
@@ -98,13 +110,8 @@ class RMSProp(UpdateRule):
     def compute(self, index, lr, iteration):
         xp = self.blobs[index].xp
         g, h, (tmp,) = self.blobs[index].diff, self.history[index], self.scratch[index]
-        decay = np.float32(self.param.rms_decay)
-        xp.multiply(g, g, out=tmp)
-        tmp *= np.float32(1) - decay
-        h *= decay
-        h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += np.float32(self.param.delta)
+        self._average_square(xp, h, g, np.float32(self.param.rms_decay), tmp)
+        self._root_plus_delta(xp, h, tmp)
         g /= tmp
         g *= np.float32(lr)
 
@@ -121,19 +128,13 @@ class AdaDelta(UpdateRule):
         tmp, ratio = self.scratch[index]
         m = np.float32(self.param.momentum)
         delta = np.float32(self.param.delta)
-        xp.multiply(g, g, out=tmp)
-        tmp *= np.float32(1) - m
-        h *= m
-        h += tmp
+        self._average_square(xp, h, g, m, tmp)
         xp.add(h, delta, out=ratio)
         xp.add(hu, delta, out=tmp)
         xp.divide(tmp, ratio, out=ratio)
         xp.sqrt(ratio, out=ratio)
         g *= ratio
-        xp.multiply(g, g, out=tmp)
-        tmp *= np.float32(1) - m
-        hu *= m
-        hu += tmp
+        self._average_square(xp, hu, g, m, tmp)
         g *= np.float32(lr)
 
 
@@ -152,12 +153,8 @@ class Adam(UpdateRule):
         xp.multiply(g, np.float32(1) - beta1, out=tmp)
         m *= beta1
         m += tmp
-        xp.multiply(g, g, out=tmp)
-        tmp *= np.float32(1) - beta2
-        v *= beta2
-        v += tmp
-        xp.sqrt(v, out=tmp)
-        tmp += np.float32(self.param.delta)
+        self._average_square(xp, v, g, beta2, tmp)
+        self._root_plus_delta(xp, v, tmp)
         xp.divide(m, tmp, out=g)
         g *= np.float32(np.float32(lr) * np.float32(correction))
 
