@@ -256,7 +256,7 @@ class Net:
             if name not in self.blobs:
                 raise NetDefinitionError(f"forward: no blob named '{name}' (inputs: {', '.join(self.inputs)})")
             blob = self.blobs[name]
-            array = np.asarray(value, dtype=np.float32) if not hasattr(value, "__cuda_array_interface__") else value
+            array = _float_array(value)
             if tuple(array.shape) != blob.shape:
                 blob.reshape(array.shape)
                 reshape = True
@@ -312,8 +312,7 @@ class Net:
             if name not in self.outputs:
                 raise NetDefinitionError(f"backward: '{name}' is not an output blob ({', '.join(self.outputs)})")
             blob = self.blobs[name]
-            blob.diff[...] = blob.xp.asarray(np.asarray(value, dtype=np.float32)
-                                             if not hasattr(value, "__cuda_array_interface__") else value)
+            blob.diff[...] = blob.xp.asarray(_float_array(value))
         start_index = self.layer_names.index(start) if start else len(self.layers) - 1
         end_index = self.layer_names.index(end) if end else 0
         self.backward_from_to(start_index, end_index, set_loss_diffs=not top_diffs)
@@ -480,6 +479,11 @@ class Net:
 
     def __repr__(self) -> str:
         return f"<Net {self.name!r} {self.phase} {len(self.layers)} layers on {self.device}>"
+
+
+def _float_array(value):
+    """``value`` as a float32 numpy array, or unchanged if it already lives on a GPU."""
+    return value if hasattr(value, "__cuda_array_interface__") else np.asarray(value, dtype=np.float32)
 
 
 def _legacy_shape_match(file_shape: tuple, net_shape: tuple) -> bool:
