@@ -109,6 +109,20 @@ class Blob:
         self._data_store = other._data_store
         self._data = other._data.reshape(self._shape)
 
+    @property
+    def data_storage(self):
+        """The flat array ``data`` is a view of (blobs sharing data share this object)."""
+        return self._data_store
+
+    def use_data_storage(self, storage) -> None:
+        """Make ``data`` a view of the flat array ``storage`` (at least ``count`` elements),
+        which other blobs may use too: the net's memory plan hands out buffers this way."""
+        if storage.size < self.count:
+            raise ValueError(f"blob {self.name!r}: storage of {storage.size} elements cannot hold {self.count}")
+        self._data_store = storage
+        self._capacity = storage.size
+        self._data = storage[:self.count].reshape(self._shape)
+
     def share_diff(self, other: "Blob") -> None:
         """Make this blob use ``other``'s diff storage (same count required)."""
         self._check_same_count(other)

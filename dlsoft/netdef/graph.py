@@ -9,12 +9,16 @@ Each step works on protobuf messages only; no layer code is involved:
    gradients flowing back are summed.
 3. :func:`check_bottoms` checks that every bottom has a producer earlier in the list
    (the layer list is the topological order, as in Caffe).
+4. :func:`plan_memory` (for nets that run no backward) lets activations whose lifetimes
+   do not overlap share one buffer; the Net applies the plan once shapes are known.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Hashable, Sequence
 
 from ..errors import NetDefinitionError
 from ..protos import caffe_pb2
@@ -141,6 +145,73 @@ def insert_splits(net_param) -> "caffe_pb2.NetParameter":
                     new_layer.ClearField("loss_weight")
                     next_split[top_index] += 1
     return result
+
+
+@dataclass
+class MemoryPlan:
+    """Which storage shares which buffer: ``slot_of[key]`` indexes ``slots`` (element counts).
+
+    Keys in ``own`` (inputs, outputs, blobs asked to be kept) keep storage of their own.
+    """
+
+    slots: list[int] = field(default_factory=list)
+    slot_of: dict = field(default_factory=dict)
+    own: dict = field(default_factory=dict)
+    unplanned: int = 0  # elements without a plan: every storage its own
+
+    @property
+    def planned(self) -> int:
+        """Elements with the plan: the shared buffers plus the storages kept apart."""
+        return sum(self.slots) + sum(self.own.values())
+
+
+def plan_memory(steps: Sequence[tuple[Sequence[Hashable], Sequence[Hashable]]], sizes: dict,
+                pinned=frozenset()) -> MemoryPlan:
+    """Greedy buffer sharing for a forward-only pass.
+
+    ``steps[i]`` is ``(read, written)``: the storage keys layer ``i`` reads and writes,
+    in execution order; ``sizes[key]`` is the element count. A storage lives from the
+    first layer that writes it to the last that reads or writes it; once that layer has
+    run, its buffer may hold a storage first written later. Storages are placed in order
+    of first write, each into the smallest free buffer that holds it (else the largest
+    free one, grown; else a new one). A layer never gets a buffer that one of its own
+    bottoms still occupies, since that bottom's lifetime includes the layer.
+    """
+    first: dict = {}
+    last: dict = {}
+    for i, (read, written) in enumerate(steps):
+        for key in written:
+            first.setdefault(key, i)
+        for key in (*read, *written):
+            first.setdefault(key, i)  # read before any write: an input, alive from the start
+            last[key] = i
+    plan = MemoryPlan(unplanned=sum(sizes[key] for key in first))
+    order = sorted(first, key=lambda key: first[key])
+    active: list = []  # (last use, slot)
+    free: list[int] = []
+    for key in order:
+        if key in pinned:
+            plan.own[key] = sizes[key]
+            continue
+        start = first[key]
+        for entry in [a for a in active if a[0] < start]:
+            active.remove(entry)
+            free.append(entry[1])
+        need = sizes[key]
+        fitting = [s for s in free if plan.slots[s] >= need]
+        if fitting:
+            slot = min(fitting, key=lambda s: plan.slots[s])
+        elif free:
+            slot = max(free, key=lambda s: plan.slots[s])
+            plan.slots[slot] = need
+        else:
+            slot = len(plan.slots)
+            plan.slots.append(need)
+        if slot in free:
+            free.remove(slot)
+        plan.slot_of[key] = slot
+        active.append((last[key], slot))
+    return plan
 
 
 _LINES_CACHE: dict[tuple[str, float], list[str]] = {}

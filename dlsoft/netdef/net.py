@@ -30,15 +30,23 @@ PHASE_NAMES = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
 class Net:
     """A network built from a prototxt/YAML file or a NetParameter.
 
-    ``Net(model, phase="TEST", weights=None, stages=(), level=0, device="cpu")``
+    ``Net(model, phase="TEST", weights=None, stages=(), level=0, device="cpu",
+    memory_plan=False, keep_blobs=())``
 
     Attributes mirror pycaffe: ``blobs`` (name -> Blob), ``params`` (layer name -> list
     of Blobs), ``layers``, ``layer_names``, ``inputs``, ``outputs``. Blob arrays live on
     the net's device (numpy on the CPU, cupy on a GPU).
+
+    ``memory_plan=True`` (for nets that run no backward: TEST/deploy nets) lets blobs
+    whose lifetimes do not overlap share storage (:func:`graph.plan_memory`): the outputs,
+    the inputs and the blobs named in ``keep_blobs`` keep their values after a forward
+    pass; other intermediate blobs are overwritten by later layers, and a pass must start
+    at the first layer.
     """
 
     def __init__(self, model, phase: str = "TRAIN", weights: str | Path | None = None,
-                 stages: Iterable[str] = (), level: int | None = None, device="cpu"):
+                 stages: Iterable[str] = (), level: int | None = None, device="cpu",
+                 memory_plan: bool = False, keep_blobs: Iterable[str] = ()):
         if isinstance(model, (str, Path)):
             self.source: str | None = str(model)
             net_param = io.read_net(model)
@@ -74,6 +82,20 @@ class Net:
         with self.device.activate():
             self._build()
         self._analyse_backward()
+        # Blobs that share data storage by construction (Split tops, Flatten/Reshape views)
+        # form one storage; the memory plan places storages, not blobs.
+        groups: "OrderedDict[int, list[str]]" = OrderedDict()
+        for name, blob in self.blobs.items():
+            groups.setdefault(id(blob.data_storage), []).append(name)
+        self._storages: list[list[str]] = list(groups.values())
+        self.memory_plan: graph.MemoryPlan | None = None
+        self._keep_blobs: tuple[str, ...] = tuple(keep_blobs)
+        if memory_plan:
+            try:
+                self.apply_memory_plan(self._keep_blobs)
+            except DlsoftError:
+                self.close()  # stop the data layers' prefetch threads of a net never returned
+                raise
         if weights is not None:
             self.copy_from(weights)
 
@@ -266,10 +288,49 @@ class Net:
 
     def reshape(self) -> None:
         """Propagate shapes through every layer (after an input blob changed shape)."""
+        self._reshape_layers()
+        if self.memory_plan is not None:  # new sizes: plan again
+            self.apply_memory_plan(self._keep_blobs)
+
+    def _reshape_layers(self) -> None:
         with self.device.activate():
             for i, layer in enumerate(self.layers):
                 layer.reshape(self.bottom_ids[i], self.top_ids[i])
                 self._reshaped_for[i] = tuple(b.shape for b in self.bottom_ids[i])
+
+    # ------------------------------------------------------------------ memory plan
+    def plan_memory(self, keep_blobs: Iterable[str] = ()) -> "graph.MemoryPlan":
+        """The memory plan for this net's blobs as they are now (not applied): see
+        :func:`graph.plan_memory`. Inputs, outputs and ``keep_blobs`` keep their own storage."""
+        key_of = {name: k for k, names in enumerate(self._storages) for name in names}
+        blob_key = {id(self.blobs[name]): k for name, k in key_of.items()}
+        steps = [([blob_key[id(b)] for b in bottoms], [blob_key[id(t)] for t in tops])
+                 for bottoms, tops in zip(self.bottom_ids, self.top_ids)]
+        sizes = {k: max(self.blobs[name].count for name in names) for k, names in enumerate(self._storages)}
+        for name in keep_blobs:
+            if name not in self.blobs:
+                raise NetDefinitionError(f"memory plan: no blob named '{name}' to keep")
+        pinned = {key_of[name] for name in (*self.inputs, *self.outputs, *keep_blobs)}
+        return graph.plan_memory(steps, sizes, pinned)
+
+    def apply_memory_plan(self, keep_blobs: Iterable[str] = ()) -> "graph.MemoryPlan":
+        """Plan (:meth:`plan_memory`) and give the blobs their shared buffers."""
+        if any(self.layer_need_backward):
+            layer = self.layer_names[self.layer_need_backward.index(True)]
+            raise NetDefinitionError(f"memory plan: net '{self.name}' runs backward (layer '{layer}' needs it), "
+                                     "and backward reads the activations forward wrote; plan only nets "
+                                     "that run forward only (TEST/deploy, without force_backward)")
+        self._keep_blobs = tuple(keep_blobs)
+        plan = self.plan_memory(self._keep_blobs)
+        with self.device.activate():
+            buffers = [self.device.xp.zeros(n, dtype=np.float32) for n in plan.slots]
+        for key, names in enumerate(self._storages):
+            if key in plan.slot_of:
+                for name in names:
+                    self.blobs[name].use_data_storage(buffers[plan.slot_of[key]])
+        self.memory_plan = plan
+        self._reshape_layers()  # layers that keep views of their blobs take the new ones
+        return plan
 
     def forward_prefilled(self, start: int = 0, end: int | None = None) -> float:
         """Run layers ``start..end`` on the blobs as they are; returns the weighted loss."""
@@ -295,12 +356,24 @@ class Net:
         to return; ``start``/``end`` are layer names bounding the pass. Arrays returned
         are the blobs' own storage (numpy or cupy): copy them to keep them.
         """
+        if self.memory_plan is not None:
+            self._check_planned_request(blobs, start)
         self._set_inputs(inputs)
         start_index = self.layer_names.index(start) if start else 0
         end_index = self.layer_names.index(end) if end else len(self.layers) - 1
         self.loss = self.forward_prefilled(start_index, end_index)
         names = list(self.outputs if end is None else self.top_names[end]) + [b for b in blobs]
         return OrderedDict((name, self.blobs[name].data) for name in names)
+
+    def _check_planned_request(self, blobs: Iterable[str], start: str | None) -> None:
+        if start:
+            raise NetDefinitionError(f"forward(start='{start}'): net '{self.name}' has a memory plan, so a "
+                                     "pass must start at the first layer (build it without memory_plan)")
+        kept = {*self.inputs, *self.outputs, *self._keep_blobs}
+        for name in blobs:
+            if name not in kept:
+                raise NetDefinitionError(f"forward(blobs=['{name}']): the memory plan reuses that blob's "
+                                         f"storage; build the net with keep_blobs=['{name}'] to read it")
 
     def backward(self, diffs: Iterable[str] = (), start: str | None = None, end: str | None = None,
                  **top_diffs) -> "OrderedDict[str, np.ndarray]":
@@ -464,6 +537,11 @@ class Net:
         out += [line(row) for row in rows[1:]]
         out += [rule, f"{len(self.layers)} layers, {total:,} parameters "
                       f"({total * 4 / 2**20:.2f} MiB as float32)"]
+        if not any(self.layer_need_backward):  # a forward-only net: what the memory plan saves
+            plan = self.memory_plan or self.plan_memory()
+            state = "applied" if self.memory_plan else "Net(..., memory_plan=True)"
+            out.append(f"activations {plan.unplanned * 4 / 2**20:.2f} MiB; with the memory plan "
+                       f"{plan.planned * 4 / 2**20:.2f} MiB ({state})")
         return "\n".join(out)
 
     def close(self) -> None:
