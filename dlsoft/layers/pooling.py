@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-from .base import Layer
+from . import cpu_kernels
+from .base import TRAIN, Layer
 from .registry import register
 
 
@@ -32,6 +33,10 @@ class PoolingLayer(Layer):
     ``(min(start + k, in + pad) - start)`` per axis, not by the valid pixel count.
     On the CPU a NaN in a window makes the MAX output NaN (as PyTorch; Caffe skips it),
     which the solver's non-finite guard then reports.
+
+    On the CPU, MAX runs compiled loops (:mod:`.cpu_kernels`, in parallel over planes);
+    at TEST with no mask top, forward skips recording where each maximum was (backward,
+    if ever asked for, records it again first). AVE stays in numpy, which is as fast.
     """
 
     type = "Pooling"
@@ -89,19 +94,20 @@ class PoolingLayer(Layer):
         if self.device.is_gpu:
             self._mask = xp.empty((n, c, oh, ow), np.float32) if self.method == 0 else None
             return
+        if self.method == 0:  # compiled kernels: only the index of each maximum to keep
+            self._mask_index = np.zeros((n, c, oh, ow), np.int32)
+            self._mask_fresh = False
+            self._scratch = np.zeros((n, c, oh, ow), np.float32)
+            return
         # Windows that all lie inside the input are read (and written back) in place.
         self._direct = (ph, pw) == (0, 0) and (oh - 1) * sh + kh <= height and (ow - 1) * sw + kw <= width
         self._disjoint = sh >= kh and sw >= kw
         self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
         # Padded work buffers cover every window, including those ceil rounding adds.
         padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
-        self._padded = np.full(padded, -np.inf if self.method == 0 else 0, np.float32)
+        self._padded = np.zeros(padded, np.float32)
         self._padded_diff = np.zeros(padded, np.float32)
-        self._argmax = np.zeros((n, c, oh, ow), np.int32)  # offset i*kw + j in the window
-        self._hit = np.zeros((n, c, oh, ow), bool)
         self._scratch = np.zeros((n, c, oh, ow), np.float32)
-        oy, ox = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
-        self._window_origin = (oy[:, None] * width + ox[None, :]).astype(np.float32)
 
     def _window(self, array, i, j):
         (sh, sw), (oh, ow) = self.stride, self.out
@@ -111,36 +117,45 @@ class PoolingLayer(Layer):
         kh, kw = self.kernel
         return ((i * kw + j, i, j) for i in range(kh) for j in range(kw))
 
+    def _max_forward(self, bottoms, tops):
+        """MAX: ``y`` = each window's maximum; at TRAIN (or with a mask top) also its index."""
+        x, y, window = bottoms[0].data, tops[0].data, (*self.kernel, *self.stride, *self.pad)
+        if self.phase == TRAIN or len(tops) > 1:
+            cpu_kernels.max_pool_mask(x, y, self._mask_index, *window)
+            self._mask_fresh = True
+            if len(tops) > 1:
+                tops[1].data[...] = self._mask_index
+        else:
+            cpu_kernels.max_pool(x, y, *window)
+            self._mask_fresh = False
+
+    def _max_backward(self, tops, bottoms):
+        if not self._mask_fresh:  # a TEST forward skipped the index: find it again
+            cpu_kernels.max_pool_mask(bottoms[0].data, self._scratch, self._mask_index,
+                                      *self.kernel, *self.stride, *self.pad)
+        cpu_kernels.max_pool_backward(tops[0].diff, self._mask_index, bottoms[0].diff)
+
     def forward_cpu(self, bottoms, tops):
+        if self.method == 0:
+            self._max_forward(bottoms, tops)
+            return
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
         if self._direct:  # every window lies inside the input: read it in place
             source = bottoms[0].data
         else:
             source = self._padded
             source[:, :, ph:ph + height, pw:pw + width] = bottoms[0].data
-        top = tops[0].data
-        if self.method == 0:
-            for offset, i, j in self._offsets():
-                window = self._window(source, i, j)
-                if offset == 0:
-                    np.copyto(top, window)
-                    self._argmax.fill(0)
-                    continue
-                np.greater(window, top, out=self._hit)  # strict: the first maximum wins
-                np.maximum(top, window, out=top)
-                np.putmask(self._argmax, self._hit, offset)
-            if len(tops) > 1:
-                kw = self.kernel[1]
-                rows, cols = np.divmod(self._argmax, kw)
-                tops[1].data[...] = self._window_origin + rows * width + cols
-        else:
-            top[...] = 0
-            for _, i, j in self._offsets():
-                top += self._window(source, i, j)
-            top /= self._divisor
+        top = tops[0].data  # AVE: the window sums, over the divisor
+        top[...] = 0
+        for _, i, j in self._offsets():
+            top += self._window(source, i, j)
+        top /= self._divisor
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
+            return
+        if self.method == 0:
+            self._max_backward(tops, bottoms)
             return
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
         dy = tops[0].diff
@@ -149,25 +164,14 @@ class PoolingLayer(Layer):
             dx = bottoms[0].diff
             if not self._covering:
                 dx.fill(0)
-            if self.method == 0:
-                for offset, i, j in self._offsets():
-                    np.equal(self._argmax, offset, out=self._hit)
-                    np.multiply(dy, self._hit, out=self._window(dx, i, j))
-            else:
-                for _, i, j in self._offsets():
-                    np.divide(dy, self._divisor, out=self._window(dx, i, j))
+            for _, i, j in self._offsets():
+                np.divide(dy, self._divisor, out=self._window(dx, i, j))
             return
         diff = self._padded_diff
         diff[...] = 0
-        if self.method == 0:
-            for offset, i, j in self._offsets():
-                np.equal(self._argmax, offset, out=self._hit)
-                np.multiply(dy, self._hit, out=self._scratch)
-                self._window(diff, i, j)[...] += self._scratch
-        else:
-            np.divide(dy, self._divisor, out=self._scratch)
-            for _, i, j in self._offsets():
-                self._window(diff, i, j)[...] += self._scratch
+        np.divide(dy, self._divisor, out=self._scratch)
+        for _, i, j in self._offsets():
+            self._window(diff, i, j)[...] += self._scratch
         bottoms[0].diff[...] = diff[:, :, ph:ph + height, pw:pw + width]
 
     def _kernel_args(self, bottom):

@@ -1,0 +1,137 @@
+"""Compiled CPU kernels (numba) for the loops numpy can only do in many passes.
+
+Each kernel is the plain loop of Caffe's CPU code (``pooling_layer.cpp``, ``im2col.cpp``)
+next to which the layer keeps its numpy form's docstring; numba compiles it once per
+machine (``cache=True``: later processes load the compiled code) and runs it over
+independent image planes in parallel (``prange``), so both cores work on the
+memory-bound layers. Kernels never call BLAS and the layers never call BLAS while a
+kernel runs, so numba's pool and BLAS's never compete for the cores.
+:func:`dlsoft.set_num_threads` sizes numba's pool.
+
+Loops are ordered so the innermost runs along an output row with no branch (a select),
+which LLVM vectorises: for MAX pooling the rows of a window are visited in order and
+within a row the kernel column ``j`` outermost, so an output meets its window's pixels in
+window order (``h`` then ``w``), as Caffe's loop does, and the first maximum wins.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
+
+
+@njit(inline="always", cache=True)
+def _valid(count, stride, pad, offset, size):
+    """The outputs ``[lo, hi)`` whose input coordinate ``o*stride - pad + offset`` is in ``[0, size)``."""
+    lo = 0
+    if pad > offset:
+        lo = (pad - offset + stride - 1) // stride
+    last = size - 1 + pad - offset
+    hi = last // stride + 1 if last >= 0 else 0
+    return lo, max(min(hi, count), lo)
+
+
+@njit(parallel=True, **_OPTIONS)
+def max_pool(x, y, kh, kw, sh, sw, ph, pw):
+    """``y = max over each window`` of x (N, C, H, W); a NaN in a window gives NaN."""
+    num, channels, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for plane in prange(num * channels):
+        xp, yp = x[plane // channels, plane % channels], y[plane // channels, plane % channels]
+        yp[:, :] = -np.inf
+        for oy in range(oh):
+            for h in range(max(oy * sh - ph, 0), min(oy * sh - ph + kh, height)):
+                for j in range(kw):
+                    lo, hi = _valid(ow, sw, pw, j, width)
+                    for ox in range(lo, hi):
+                        v = xp[h, ox * sw - pw + j]
+                        cur = yp[oy, ox]
+                        yp[oy, ox] = v if (v > cur) | (v != v) else cur
+
+
+@njit(parallel=True, **_OPTIONS)
+def max_pool_mask(x, y, mask, kh, kw, sh, sw, ph, pw):
+    """:func:`max_pool` plus ``mask``: the flat index ``h*W + w`` of each window's first
+    maximum (-1 for a window whose maximum is NaN and came first... or empty)."""
+    num, channels, height, width = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for plane in prange(num * channels):
+        n, c = plane // channels, plane % channels
+        xp, yp, mp = x[n, c], y[n, c], mask[n, c]
+        yp[:, :] = -np.inf
+        mp[:, :] = -1
+        for oy in range(oh):
+            for h in range(max(oy * sh - ph, 0), min(oy * sh - ph + kh, height)):
+                for j in range(kw):
+                    lo, hi = _valid(ow, sw, pw, j, width)
+                    for ox in range(lo, hi):
+                        w = ox * sw - pw + j
+                        v = xp[h, w]
+                        if v > yp[oy, ox] or (v != v and yp[oy, ox] == yp[oy, ox]):
+                            yp[oy, ox] = v
+                            mp[oy, ox] = h * width + w
+
+
+@njit(parallel=True, **_OPTIONS)
+def max_pool_backward(dy, mask, dx):
+    """``dx = 0``, then each window's gradient goes to its maximum: ``dx[mask] += dy``."""
+    num, channels, height, width = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    for plane in prange(num * channels):
+        n, c = plane // channels, plane % channels
+        dxp, dyp, mp = dx[n, c], dy[n, c], mask[n, c]
+        dxp[:, :] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                where = mp[oy, ox]
+                if where >= 0:
+                    dxp[where // width, where % width] += dyp[oy, ox]
+
+
+@njit(parallel=True, **_OPTIONS)
+def im2col(x, col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """``col`` (C*kh*kw, N*oh*ow), the convolution GEMM's layout: row ``(c*kh + i)*kw + j``,
+    column ``n*oh*ow + y*ow + x`` holds ``x[n, c, y*sh - ph + i*dh, x*sw - pw + j*dw]``
+    (zero outside the input)."""
+    num, channels, height, width = x.shape
+    plane = oh * ow
+    for row in prange(channels * kh * kw):
+        c, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+        lo, hi = _valid(ow, sw, pw, j * dw, width)
+        for n in range(num):
+            xp = x[n, c]
+            for oy in range(oh):
+                out = col[row, n * plane + oy * ow:n * plane + (oy + 1) * ow]
+                h = oy * sh - ph + i * dh
+                if h < 0 or h >= height:
+                    out[:] = 0
+                    continue
+                out[:lo] = 0
+                for ox in range(lo, hi):
+                    out[ox] = xp[h, ox * sw - pw + j * dw]
+                out[hi:] = 0
+
+
+@njit(parallel=True, **_OPTIONS)
+def col2im(col, dx, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """The transpose of :func:`im2col`: ``dx = 0``, then each col entry is added to the
+    pixel it was read from (one channel per thread, so no two threads write one pixel)."""
+    num, channels, height, width = dx.shape
+    plane = oh * ow
+    for c in prange(channels):
+        for n in range(num):
+            dx[n, c, :, :] = 0
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                lo, hi = _valid(ow, sw, pw, j * dw, width)
+                for n in range(num):
+                    dxp = dx[n, c]
+                    for oy in range(oh):
+                        h = oy * sh - ph + i * dh
+                        if h < 0 or h >= height:
+                            continue
+                        source = col[row, n * plane + oy * ow:n * plane + (oy + 1) * ow]
+                        for ox in range(lo, hi):
+                            dxp[h, ox * sw - pw + j * dw] += source[ox]
