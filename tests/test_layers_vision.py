@@ -79,10 +79,13 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("extra, kwargs", CONV_CASES)
-def test_convolution_matches_torch(extra, kwargs):
+@pytest.mark.parametrize("extra, kwargs, batch", [(*case, 2) for case in CONV_CASES] + [  # one image: direct GEMMs
+    pytest.param("kernel_size: 1", dict(), 1, id="1x1-batch1"),
+    pytest.param("kernel_size: 1 group: 2 bias_term: false", dict(groups=2), 1, id="1x1-group-batch1"),
+    pytest.param("kernel_size: 3 pad: 1 group: 2", dict(groups=2, padding=1), 1, id="3x3-group-batch1")])
+def test_convolution_matches_torch(extra, kwargs, batch):
     torch = pytest.importorskip("torch")
-    x = normal((2, 4, 7, 6))
+    x = normal((batch, 4, 7, 6))
     layer, bottoms, tops = run_layer(conv(6, extra), [x])
     params = [b.data.copy() for b in layer.blobs]
     bias = len(params) > 1

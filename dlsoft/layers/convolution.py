@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import cpu_kernels
 from .base import Layer
 from .fillers import fill
 from .im2col import Geometry, col2im_add, im2col_view, padded_input, unpad
@@ -144,7 +145,6 @@ class _ConvolutionBase(Layer):
         gpu = self.device.is_gpu
         padded = g.pad != (0, 0) and not gpu
         self._padded = xp.zeros((n, g.channels, *g.padded_shape), np.float32) if padded else None
-        self._padded_diff = xp.zeros((n, g.channels, *g.padded_shape), np.float32) if padded else None
         self._col_source = None  # which (bottom data, chunk start) self._col holds, to skip a redo
 
     # ---- the steps, each for one chunk of n images ----------------------------------------------
@@ -180,11 +180,9 @@ class _ConvolutionBase(Layer):
             from .kernels.im2col import col2im_gpu
             col2im_gpu(col, images_diff, g, channel_major=True)
             return
-        target = images_diff if self._padded_diff is None else self._padded_diff[:n]
-        target[...] = 0
-        col2im_add(col.reshape(g.channels, *g.kernel, n, *g.out_shape).transpose(3, 0, 1, 2, 4, 5), target, g)
-        if target is not images_diff:
-            images_diff[...] = unpad(target, g)
+        # Compiled: one pass per channel instead of kh*kw strided passes over a padded copy.
+        cpu_kernels.col2im(col.reshape(self.col_rows, n * self.plane), images_diff,
+                           *g.kernel, *g.stride, *g.pad, *g.dilation, *g.out_shape)
 
     def _gather(self, columns_side):
         """(n, group*M, P) -> (group, M, n*P), a copy into a work buffer."""
@@ -224,13 +222,29 @@ class ConvolutionLayer(_ConvolutionBase):
 
     type = "Convolution"
 
+    def _pointwise_view(self, images):
+        """A 1x1 kernel (stride 1, no pad) on one image needs no im2col: col is the image."""
+        g = self.geometry
+        if images.shape[0] == 1 and g.kernel == (1, 1) and g.stride == (1, 1) and g.pad == (0, 0):
+            return images.reshape(self.group, -1, self.plane)
+        return None
+
     def forward_cpu(self, bottoms, tops):
         weights = self._weights()
         for index, (bottom, top) in enumerate(zip(bottoms, tops)):
             images, outputs = self._as_images(bottom.data), top.data.reshape(self.outer, self.num_output, -1)
             for part in self._chunks():
-                col = self._im2col(images[part])
-                columns = self._columns(col.shape[2] // self.plane)
+                col = self._pointwise_view(images[part])
+                if col is None:
+                    col = self._im2col(images[part])
+                n = col.shape[2] // self.plane
+                if n == 1:  # one image: the GEMM writes the top directly
+                    out = outputs[part].reshape(self.group, -1, self.plane)
+                    self.xp.matmul(weights, col, out=out)
+                    if len(self.blobs) > 1:
+                        out += self.blobs[1].data.reshape(self.group, -1, 1)
+                    continue
+                columns = self._columns(n)
                 self.xp.matmul(weights, col, out=columns)
                 self._scatter(columns, outputs[part], add_bias=True)
             self._col_source = (index, bottom.data) if self.chunk >= self.outer else None
@@ -241,16 +255,23 @@ class ConvolutionLayer(_ConvolutionBase):
             top_diff = top.diff.reshape(self.outer, self.num_output, -1)
             images = self._as_images(bottom.data)
             for part in self._chunks():
-                dy = self._gather(top_diff[part])
+                n = part.stop - part.start
+                dy = top_diff[part].reshape(self.group, -1, self.plane) if n == 1 else self._gather(top_diff[part])
                 if len(self.blobs) > 1 and self.param_propagate_down[1]:
                     self.blobs[1].diff[...] += dy.reshape(self.num_output, -1).sum(axis=1)
+                pointwise = self._pointwise_view(images[part])
                 if self.param_propagate_down[0]:
                     cached = self._col_source is not None and self._col_source[0] == index \
                         and self._col_source[1] is bottom.data
-                    col = self._col(dy.shape[2] // self.plane) if cached else self._im2col(images[part])
+                    col = pointwise if pointwise is not None else \
+                        self._col(n) if cached else self._im2col(images[part])
                     self._accumulate_weight_grad(dy, col)
                 if down:
-                    col = self._col(dy.shape[2] // self.plane)
+                    if pointwise is not None:  # col2im of a 1x1 kernel is the identity
+                        self.xp.matmul(weights.transpose(0, 2, 1), dy,
+                                       out=self._as_images(bottom.diff)[part].reshape(self.group, -1, self.plane))
+                        continue
+                    col = self._col(n)
                     self.xp.matmul(weights.transpose(0, 2, 1), dy, out=col)
                     self._col_source = None
                     self._col2im(col, self._as_images(bottom.diff)[part])

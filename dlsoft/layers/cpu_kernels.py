@@ -90,48 +90,30 @@ def max_pool_backward(dy, mask, dx):
 
 
 @njit(parallel=True, **_OPTIONS)
-def im2col(x, col, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """``col`` (C*kh*kw, N*oh*ow), the convolution GEMM's layout: row ``(c*kh + i)*kw + j``,
-    column ``n*oh*ow + y*ow + x`` holds ``x[n, c, y*sh - ph + i*dh, x*sw - pw + j*dw]``
-    (zero outside the input)."""
-    num, channels, height, width = x.shape
-    plane = oh * ow
-    for row in prange(channels * kh * kw):
-        c, i, j = row // (kh * kw), (row // kw) % kh, row % kw
-        lo, hi = _valid(ow, sw, pw, j * dw, width)
-        for n in range(num):
-            xp = x[n, c]
-            for oy in range(oh):
-                out = col[row, n * plane + oy * ow:n * plane + (oy + 1) * ow]
-                h = oy * sh - ph + i * dh
-                if h < 0 or h >= height:
-                    out[:] = 0
-                    continue
-                out[:lo] = 0
-                for ox in range(lo, hi):
-                    out[ox] = xp[h, ox * sw - pw + j * dw]
-                out[hi:] = 0
-
-
-@njit(parallel=True, **_OPTIONS)
 def col2im(col, dx, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """The transpose of :func:`im2col`: ``dx = 0``, then each col entry is added to the
-    pixel it was read from (one channel per thread, so no two threads write one pixel)."""
+    """The transpose of im2col (``im2col.py``): ``dx = 0``, then each entry of ``col``
+    (C*kh*kw, N*oh*ow; row ``(c*kh + i)*kw + j``, column ``n*oh*ow + y*ow + x``) is added
+    to the pixel ``dx[n, c, y*sh - ph + i*dh, x*sw - pw + j*dw]`` it was read from, if
+    inside. One channel per thread, so no two threads write one pixel. (numpy needs
+    kh*kw strided passes over a padded copy for this; im2col itself stays numpy's one
+    strided copy, which compiled loops do not beat.)"""
     num, channels, height, width = dx.shape
     plane = oh * ow
     for c in prange(channels):
         for n in range(num):
-            dx[n, c, :, :] = 0
+            for h in range(height):
+                for w in range(width):
+                    dx[n, c, h, w] = 0
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
                 lo, hi = _valid(ow, sw, pw, j * dw, width)
+                shift = j * dw - pw
                 for n in range(num):
-                    dxp = dx[n, c]
                     for oy in range(oh):
                         h = oy * sh - ph + i * dh
                         if h < 0 or h >= height:
                             continue
-                        source = col[row, n * plane + oy * ow:n * plane + (oy + 1) * ow]
+                        base = n * plane + oy * ow
                         for ox in range(lo, hi):
-                            dxp[h, ox * sw - pw + j * dw] += source[ox]
+                            dx[n, c, h, ox * sw + shift] += col[row, base + ox]
