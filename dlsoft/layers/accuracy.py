@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .helpers import canonical_axis, outer_dim_inner
-from .loss import LossLayer
+from .loss import LossLayer, read_labels
 from .registry import register
 
 
@@ -40,9 +40,15 @@ class AccuracyLayer(LossLayer):
         self.labels = self.xp.empty((self.outer, self.inner), dtype=np.int64)
 
     def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=True)
+
+    def forward_gpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=False)  # a range check would wait for the GPU
+
+    def _forward(self, bottoms, tops, check_labels: bool):
         xp = self.xp
         scores = bottoms[0].data.reshape(self.outer, self.dim, self.inner)
-        self.read_labels(bottoms[1].data, self.labels, bottoms[1].count, self.dim)
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check_labels)
         labels = self.labels
         valid = (labels != self.ignore_label) if self.has_ignore else xp.ones(labels.shape, dtype=bool)
         labels *= valid

@@ -106,9 +106,10 @@ class Layer:
         """Release resources (prefetch threads, files). Called when the net is closed."""
 
     # ---- helpers for subclasses -----------------------------------------------------
-    def make_blob(self, shape: Sequence[int], name: str = "") -> Blob:
-        """A new blob on this layer's device (for learnable parameters or buffers)."""
-        return Blob(shape, self.device, name=name or self.name)
+    def make_blob(self, shape: Sequence[int], role: str = "") -> Blob:
+        """A new blob on this layer's device (for learnable parameters or buffers), named
+        ``<layer>.<role>`` (``conv1.weight``): the one naming of parameter blobs."""
+        return Blob(shape, self.device, name=f"{self.name}.{role}" if role else self.name)
 
     def error(self, message: str) -> NetDefinitionError:
         """A NetDefinitionError naming this layer: ``raise self.error("...")``."""
