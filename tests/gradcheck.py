@@ -51,8 +51,7 @@ def run_layer(text: str, bottoms: Sequence[np.ndarray], phase: str = "TRAIN", de
         bottom_blobs.append(blob)
     n_tops = num_tops if num_tops is not None else max(len(param.top), 1)
     top_blobs = [Blob((), device, name=f"top{i}") for i in range(n_tops)]
-    layer.setup(bottom_blobs, top_blobs)
-    layer.reshape(bottom_blobs, top_blobs)
+    layer.initialize(bottom_blobs, top_blobs)
     layer.param_propagate_down = [True] * len(layer.blobs)
     dl_random.set_seed(seed)
     layer.forward(bottom_blobs, top_blobs)

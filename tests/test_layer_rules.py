@@ -84,3 +84,24 @@ def test_registered_layer_classes_are_named_xxx_layer():
 def test_parameter_blobs_are_named_layer_dot_role(text, bottoms, roles):
     layer, _, _ = run_layer(text, [np.zeros(shape, np.float32) for shape in bottoms])
     assert [blob.name for blob in layer.blobs] == [f"{layer.name}.{role}" for role in roles]
+
+
+def test_a_single_layer_checks_its_blob_counts():
+    """Layer.initialize (Caffe's SetUp) checks the counts, so a layer used alone gets them too."""
+    from dlsoft.errors import NetDefinitionError
+
+    with pytest.raises(NetDefinitionError, match=r"layer 'innerproduct' \(type InnerProduct\): takes 1 bottom"):
+        run_layer('type: "InnerProduct" inner_product_param { num_output: 2 }', [np.zeros((2, 3))] * 2)
+    with pytest.raises(NetDefinitionError, match="produces at most 1 top blob"):
+        run_layer('type: "EuclideanLoss"', [np.zeros((2, 3))] * 2, num_tops=2)
+
+
+def test_loss_weight_defaults_are_class_attributes():
+    """Losses weigh 1 by default, everything else (Accuracy included) 0: by class, not by name."""
+    from dlsoft.layers.loss import LossLayer
+
+    for name in registered_types():
+        cls = layer_class(name)
+        assert cls.default_loss_weight == (1.0 if issubclass(cls, LossLayer) else 0.0), name
+        assert issubclass(cls, LossLayer) == name.endswith("Loss"), name
+    assert not issubclass(layer_class("Accuracy"), LossLayer)

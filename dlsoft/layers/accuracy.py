@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import Layer
 from .helpers import canonical_axis, outer_dim_inner
-from .loss import LossLayer, read_labels
+from .loss import read_labels
 from .registry import register
 
 
 @register
-class AccuracyLayer(LossLayer):
+class AccuracyLayer(Layer):
     """Fraction of valid positions whose label is among the ``top_k`` scores along ``axis``
     (a label counts as correct when fewer than ``top_k`` classes score strictly higher).
     Optional second top: the accuracy of each class (0 for classes absent from the batch).
@@ -18,6 +19,7 @@ class AccuracyLayer(LossLayer):
     type = "Accuracy"
     forward_only = True
     exact_num_bottoms = 2
+    min_tops = 1
     max_tops = 2
 
     def setup(self, bottoms, tops):

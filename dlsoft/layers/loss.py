@@ -1,7 +1,7 @@
 """Losses: the shared LossLayer and Caffe's normalisation rules.
 
-A loss layer writes its value to ``top[0]`` (shape ``()``); the net gives ``*Loss``
-layers loss_weight 1 and seeds ``top[0].diff`` with the weight, so backward scales the
+A loss layer writes its value to ``top[0]`` (shape ``()``); the net gives LossLayer
+subclasses loss_weight 1 (``default_loss_weight``) and seeds ``top[0].diff`` with the weight, so backward scales the
 gradient by ``top[0].diff``, as Caffe does. Labels are never differentiated
 (``allow_backward_to`` is False for them).
 
@@ -66,6 +66,7 @@ class LossLayer(Layer):
     exact_num_tops = -1
     min_tops = 1
     max_tops = 1
+    default_loss_weight = 1.0
 
     def reshape(self, bottoms, tops):
         if bottoms[0].num_axes and bottoms[1].num_axes and bottoms[0].shape[0] != bottoms[1].shape[0]:
