@@ -402,27 +402,23 @@ class Net:
         io.atomic_write_bytes(path, self.to_proto().SerializeToString())
 
     def save_hdf5(self, path: str | Path) -> None:
-        """Write the weights in Caffe's HDF5 layout (``data/<layer>/<i>``), atomically."""
-        import os
-        import tempfile
+        """Write the weights in Caffe's HDF5 layout (:meth:`to_hdf5_bytes`), atomically."""
+        io.atomic_write_bytes(str(path), self.to_hdf5_bytes())
 
-        import h5py  # noqa: PLC0415
-        path = str(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".h5")
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                data = f.create_group("data")
-                for layer in self.layers:
-                    if layer.blobs:
-                        group = data.create_group(layer.name)
-                        for i, blob in enumerate(layer.blobs):
-                            group.create_dataset(str(i), data=to_numpy(blob.data))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def to_hdf5_bytes(self, write_diff: bool = False) -> bytes:
+        """The weights as Caffe's ``Net::ToHDF5`` writes them: a group ``data/<layer>`` for
+        every layer with datasets ``0, 1, ...`` (and ``diff/<layer>`` with ``write_diff``)."""
+        def fill(f) -> None:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for layer in self.layers:
+                group = data.create_group(layer.name)
+                diff_group = diff.create_group(layer.name) if diff is not None else None
+                for i, blob in enumerate(layer.blobs):
+                    group.create_dataset(str(i), data=to_numpy(blob.data))
+                    if diff_group is not None:
+                        diff_group.create_dataset(str(i), data=to_numpy(blob.diff))
+        return io.hdf5_bytes(fill)
 
     # ------------------------------------------------------------------ inspection
     def param_count(self) -> int:
