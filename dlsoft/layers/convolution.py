@@ -1,0 +1,352 @@
+"""Convolution, Deconvolution and Im2col (Caffe semantics).
+
+Convolution is im2col + one batched GEMM per group over a chunk of images: the col
+array is laid out (C, kh, kw, n, oh, ow) = (group, K, n*P), so
+
+    top[n, g*M + m, p] = sum_k W[g, m, k] * col[g, k, n*P + p] + b[g*M + m]
+
+with ``M = num_output/group`` and ``K = C/group*kh*kw``. Deconvolution swaps the roles
+of bottom and top (its forward is Convolution's data backward). On the GPU the im2col/
+col2im steps are CUDA kernels (``kernels/im2col.py``) and the GEMMs cuBLAS.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer
+from .fillers import fill
+from .im2col import Geometry, col2im_add, im2col_view, padded_input, unpad
+from .registry import register
+
+#: Most col elements one GEMM chunk may hold (64 MiB of float32); larger batches are split.
+MAX_COL_ELEMENTS = 1 << 24
+
+
+def _per_axis(layer: Layer, name: str, values, h: int, w: int, has_hw: bool, default: int) -> tuple[int, int]:
+    """Caffe's rule for kernel/pad/stride/dilation: ``name_h``+``name_w``, or 0, 1 or 2 repeated values."""
+    if has_hw:
+        if len(values):
+            raise layer.error(f"give either {name} or {name}_h/{name}_w, not both")
+        return h, w
+    values = list(values)
+    if len(values) == 0:
+        return default, default
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise layer.error(f"{name} has {len(values)} values; only 2-d spatial convolution is supported")
+
+
+def conv_window(layer: Layer, p) -> tuple[tuple[int, int], ...]:
+    """(kernel, pad, stride, dilation) of a ConvolutionParameter, each as (h, w)."""
+    has_kernel = p.HasField("kernel_h") or p.HasField("kernel_w")
+    if has_kernel and not (p.HasField("kernel_h") and p.HasField("kernel_w")):
+        raise layer.error("kernel_h and kernel_w must be given together")
+    if not has_kernel and not len(p.kernel_size):
+        raise layer.error("kernel_size (or kernel_h and kernel_w) is required")
+    kernel = _per_axis(layer, "kernel_size", p.kernel_size, p.kernel_h, p.kernel_w, has_kernel, 0)
+    pad = _per_axis(layer, "pad", p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"), 0)
+    stride = _per_axis(layer, "stride", p.stride, p.stride_h, p.stride_w,
+                       p.HasField("stride_h") or p.HasField("stride_w"), 1)
+    dilation = _per_axis(layer, "dilation", p.dilation, 0, 0, False, 1)
+    if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0 or min(pad) < 0:
+        raise layer.error(f"kernel {kernel}, stride {stride} and dilation {dilation} must be positive, "
+                          f"pad {pad} non-negative")
+    return kernel, pad, stride, dilation
+
+
+def _image_4d(layer: Layer, blob, axis: int):
+    """(outer, C, H, W): the blob seen as images, all axes before ``axis`` flattened."""
+    if blob.num_axes != axis + 3:
+        raise layer.error(f"bottom must have 2 spatial axes after channel axis {axis}, got shape {blob.shape} "
+                          "(N-d convolution is not supported)")
+    return (blob.count_from(0, axis), *blob.shape[axis:])
+
+
+def _is_gpu(array) -> bool:
+    return not isinstance(array, np.ndarray)
+
+
+class _ConvolutionBase(Layer):
+    """Shared machinery of Convolution and Deconvolution (Caffe's BaseConvolutionLayer).
+
+    The *image* side is the one im2col reads (Convolution's bottom, Deconvolution's top);
+    the *column* side has ``num_output`` (Convolution) or input (Deconvolution) channels.
+    """
+
+    min_bottoms = 1
+    min_tops = 1
+    equal_num_bottom_top = True
+    transposed = False
+
+    def setup(self, bottoms, tops):
+        p = self.param.convolution_param
+        self.kernel, self.pad, self.stride, self.dilation = conv_window(self, p)
+        self.axis = bottoms[0].canonical_axis(p.axis)
+        _image_4d(self, bottoms[0], self.axis)
+        self.group = p.group
+        self.num_output = p.num_output
+        channels = bottoms[0].shape[self.axis]
+        if self.num_output <= 0:
+            raise self.error("num_output must be positive")
+        if channels % self.group or self.num_output % self.group:
+            raise self.error(f"group {self.group} must divide the input channels ({channels}) "
+                             f"and num_output ({self.num_output})")
+        self.channels = channels
+        first, second = (channels, self.num_output) if self.transposed else (self.num_output, channels)
+        if not self.blobs:
+            self.blobs = [self.make_blob((first, second // self.group, *self.kernel), name=f"{self.name}_w")]
+            fill(self.blobs[0], p.weight_filler)
+            if p.bias_term:
+                self.blobs.append(self.make_blob((self.num_output,), name=f"{self.name}_b"))
+                fill(self.blobs[1], p.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def reshape(self, bottoms, tops):
+        shape = bottoms[0].shape
+        for b in bottoms[1:]:
+            if b.shape != shape:
+                raise self.error(f"all bottoms must have one shape: {b.shape} != {shape}")
+        outer, channels, height, width = _image_4d(self, bottoms[0], self.axis)
+        if channels != self.channels:
+            raise self.error(f"bottom has {channels} channels, the weights expect {self.channels}")
+        if self.transposed:
+            out_h, out_w = (s * (i - 1) + d * (k - 1) + 1 - 2 * p for i, k, p, s, d in
+                            zip((height, width), self.kernel, self.pad, self.stride, self.dilation))
+            self.geometry = Geometry(self.num_output, out_h, out_w, self.kernel, self.pad, self.stride,
+                                     self.dilation)
+            column_plane = (height, width)
+            top_shape = shape[:self.axis] + (self.num_output, out_h, out_w)
+        else:
+            self.geometry = Geometry(channels, height, width, self.kernel, self.pad, self.stride, self.dilation)
+            column_plane = self.geometry.out_shape
+            top_shape = shape[:self.axis] + (self.num_output, *column_plane)
+        if min(top_shape[self.axis + 1:]) <= 0:
+            raise self.error(f"input {shape} is too small for kernel {self.kernel}, pad {self.pad}, "
+                             f"dilation {self.dilation}: output would be {top_shape}")
+        for top in tops:
+            top.reshape(top_shape)
+        self.outer = outer
+        self.plane = column_plane[0] * column_plane[1]
+        self.col_rows = self.geometry.channels * self.kernel[0] * self.kernel[1]
+        largest = max(1, min(outer, MAX_COL_ELEMENTS // max(self.col_rows * self.plane, 1)))
+        self.chunk = -(-outer // -(-outer // largest))  # equal chunks: 16 images as 8 + 8, not 9 + 7
+        self._allocate_buffers()
+
+    def _allocate_buffers(self):
+        xp, g, n = self.xp, self.geometry, self.chunk
+        column_channels = self.channels if self.transposed else self.num_output
+        # Flat storage: a chunk of any size views a contiguous prefix, which BLAS needs.
+        self._col_store = xp.empty(self.col_rows * n * self.plane, np.float32)
+        self._columns_store = xp.empty(column_channels * n * self.plane, np.float32)
+        self._weight_grad = xp.empty(self.blobs[0].shape, np.float32).reshape(self.group, -1, self.col_rows // self.group)
+        gpu = self.device.is_gpu
+        padded = g.pad != (0, 0) and not gpu
+        self._padded = xp.zeros((n, g.channels, *g.padded_shape), np.float32) if padded else None
+        self._padded_diff = xp.zeros((n, g.channels, *g.padded_shape), np.float32) if padded else None
+        self._col_source = None  # which (bottom data, chunk start) self._col holds, to skip a redo
+
+    # ---- the steps, each for one chunk of n images ----------------------------------------------
+    def _col(self, n: int):
+        """The col work buffer for n images: (group, K, n*P), contiguous."""
+        return self._col_store[:self.col_rows * n * self.plane].reshape(self.group, -1, n * self.plane)
+
+    def _columns(self, n: int):
+        """The column-side work buffer for n images: (group, M, n*P), contiguous."""
+        size = self._columns_store.size // self.chunk * n
+        return self._columns_store[:size].reshape(self.group, -1, n * self.plane)
+
+    def _weights(self):
+        return self.blobs[0].data.reshape(self.group, -1, self.col_rows // self.group)
+
+    def _im2col(self, images):
+        """col (group, K, n*P) from images (n, C, H, W)."""
+        n, g = images.shape[0], self.geometry
+        col = self._col(n)
+        if _is_gpu(images):
+            from .kernels.im2col import im2col_gpu
+            im2col_gpu(images, col, g, channel_major=True)
+            return col
+        padded = padded_input(self.xp, images, g, None if self._padded is None else self._padded[:n])
+        view = im2col_view(self.xp, padded, g)
+        np.copyto(col.reshape(g.channels, *g.kernel, n, *g.out_shape), view.transpose(1, 2, 3, 0, 4, 5))
+        return col
+
+    def _col2im(self, col, images_diff):
+        """Overwrite images_diff (n, C, H, W) with the transpose of im2col applied to col."""
+        n, g = images_diff.shape[0], self.geometry
+        if _is_gpu(images_diff):
+            from .kernels.im2col import col2im_gpu
+            col2im_gpu(col, images_diff, g, channel_major=True)
+            return
+        target = images_diff if self._padded_diff is None else self._padded_diff[:n]
+        target[...] = 0
+        col2im_add(col.reshape(g.channels, *g.kernel, n, *g.out_shape).transpose(3, 0, 1, 2, 4, 5), target, g)
+        if target is not images_diff:
+            images_diff[...] = unpad(target, g)
+
+    def _gather(self, columns_side):
+        """(n, group*M, P) -> (group, M, n*P), a copy into a work buffer."""
+        n = columns_side.shape[0]
+        out = self._columns(n)
+        out.reshape(-1, n, self.plane)[...] = columns_side.transpose(1, 0, 2)
+        return out
+
+    def _scatter(self, gathered, columns_side, add_bias: bool):
+        """(group, M, n*P) -> columns_side (n, group*M, P), plus the bias if asked."""
+        n = columns_side.shape[0]
+        source = gathered.reshape(-1, n, self.plane).transpose(1, 0, 2)
+        if add_bias and len(self.blobs) > 1:
+            self.xp.add(source, self.blobs[1].data[:, None], out=columns_side)
+        else:
+            columns_side[...] = source
+
+    def _chunks(self):
+        for start in range(0, self.outer, self.chunk):
+            yield slice(start, min(start + self.chunk, self.outer))
+
+    def _as_images(self, array):
+        return array.reshape(self.outer, -1, *array.shape[-2:])
+
+    def _accumulate_weight_grad(self, columns, col):
+        self.xp.matmul(columns, col.transpose(0, 2, 1), out=self._weight_grad)
+        self.blobs[0].diff[...] += self._weight_grad.reshape(self.blobs[0].shape)
+
+
+@register
+class ConvolutionLayer(_ConvolutionBase):
+    """2-d convolution (Caffe's ConvolutionLayer), with groups, dilation, per-axis kernel/pad/stride.
+
+    ``y[n, o, y, x] = b[o] + sum_{c in group(o), i, j} W[o, c, i, j] * x_pad[n, c, y*sh + i*dh, x*sw + j*dw]``;
+    weight (num_output, C/group, kh, kw), bias (num_output,).
+    """
+
+    type = "Convolution"
+
+    def forward_cpu(self, bottoms, tops):
+        weights = self._weights()
+        for index, (bottom, top) in enumerate(zip(bottoms, tops)):
+            images, outputs = self._as_images(bottom.data), top.data.reshape(self.outer, self.num_output, -1)
+            for part in self._chunks():
+                col = self._im2col(images[part])
+                columns = self._columns(col.shape[2] // self.plane)
+                self.xp.matmul(weights, col, out=columns)
+                self._scatter(columns, outputs[part], add_bias=True)
+            self._col_source = (index, bottom.data) if self.chunk >= self.outer else None
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        weights = self._weights()
+        for index, (bottom, top, down) in enumerate(zip(bottoms, tops, propagate_down)):
+            top_diff = top.diff.reshape(self.outer, self.num_output, -1)
+            images = self._as_images(bottom.data)
+            for part in self._chunks():
+                dy = self._gather(top_diff[part])
+                if len(self.blobs) > 1 and self.param_propagate_down[1]:
+                    self.blobs[1].diff[...] += dy.reshape(self.num_output, -1).sum(axis=1)
+                if self.param_propagate_down[0]:
+                    cached = self._col_source is not None and self._col_source[0] == index \
+                        and self._col_source[1] is bottom.data
+                    col = self._col(dy.shape[2] // self.plane) if cached else self._im2col(images[part])
+                    self._accumulate_weight_grad(dy, col)
+                if down:
+                    col = self._col(dy.shape[2] // self.plane)
+                    self.xp.matmul(weights.transpose(0, 2, 1), dy, out=col)
+                    self._col_source = None
+                    self._col2im(col, self._as_images(bottom.diff)[part])
+
+    forward_gpu = forward_cpu  # the steps dispatch to CUDA kernels on cupy arrays
+    backward_gpu = backward_cpu
+
+
+@register
+class DeconvolutionLayer(_ConvolutionBase):
+    """Transposed convolution (Caffe's DeconvolutionLayer): the data gradient of Convolution.
+
+    Weight (C, num_output/group, kh, kw); output size ``stride*(in-1) + dilation*(k-1)+1 - 2*pad``.
+    ``y = col2im(W^T x) + b`` per group.
+    """
+
+    type = "Deconvolution"
+    transposed = True
+
+    def forward_cpu(self, bottoms, tops):
+        weights = self._weights()
+        for bottom, top in zip(bottoms, tops):
+            inputs = bottom.data.reshape(self.outer, self.channels, -1)
+            outputs = self._as_images(top.data)
+            for part in self._chunks():
+                x = self._gather(inputs[part])
+                col = self._col(x.shape[2] // self.plane)
+                self.xp.matmul(weights.transpose(0, 2, 1), x, out=col)
+                self._col2im(col, outputs[part])
+            if len(self.blobs) > 1:
+                top.data.reshape(self.outer, self.num_output, -1)[...] += self.blobs[1].data[:, None]
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        weights = self._weights()
+        for bottom, top, down in zip(bottoms, tops, propagate_down):
+            if len(self.blobs) > 1 and self.param_propagate_down[1]:
+                self.blobs[1].diff[...] += top.diff.reshape(self.outer, self.num_output, -1).sum(axis=(0, 2))
+            inputs = bottom.data.reshape(self.outer, self.channels, -1)
+            top_diff = self._as_images(top.diff)
+            for part in self._chunks():
+                col = self._im2col(top_diff[part])
+                if self.param_propagate_down[0]:
+                    self._accumulate_weight_grad(self._gather(inputs[part]), col)
+                if down:
+                    dx = self._columns(col.shape[2] // self.plane)
+                    self.xp.matmul(weights, col, out=dx)
+                    self._scatter(dx, bottom.diff.reshape(self.outer, self.channels, -1)[part], add_bias=False)
+
+    forward_gpu = forward_cpu
+    backward_gpu = backward_cpu
+
+
+@register
+class Im2colLayer(Layer):
+    """Caffe's Im2colLayer: top (N, C*kh*kw, oh, ow), row ``c*kh*kw + i*kw + j`` (convolution_param)."""
+
+    type = "Im2col"
+    exact_num_bottoms = 1
+    exact_num_tops = 1
+
+    def setup(self, bottoms, tops):
+        p = self.param.convolution_param
+        self.kernel, self.pad, self.stride, self.dilation = conv_window(self, p)
+        self.axis = bottoms[0].canonical_axis(p.axis)
+
+    def reshape(self, bottoms, tops):
+        outer, channels, height, width = _image_4d(self, bottoms[0], self.axis)
+        self.geometry = g = Geometry(channels, height, width, self.kernel, self.pad, self.stride, self.dilation)
+        if min(g.out_shape) <= 0:
+            raise self.error(f"input {bottoms[0].shape} is too small for kernel {self.kernel}")
+        tops[0].reshape(bottoms[0].shape[:self.axis] + (channels * self.kernel[0] * self.kernel[1], *g.out_shape))
+        self.outer = outer
+
+    def forward_cpu(self, bottoms, tops):
+        g = self.geometry
+        images = bottoms[0].data.reshape(self.outer, g.channels, g.height, g.width)
+        view = im2col_view(self.xp, padded_input(self.xp, images, g), g)
+        tops[0].data.reshape(g.col_shape(self.outer))[...] = view
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        g = self.geometry
+        padded = self.xp.zeros((self.outer, g.channels, *g.padded_shape), np.float32)
+        col2im_add(tops[0].diff.reshape(g.col_shape(self.outer)), padded, g)
+        bottoms[0].diff.reshape(self.outer, g.channels, g.height, g.width)[...] = unpad(padded, g)
+
+    def forward_gpu(self, bottoms, tops):
+        from .kernels.im2col import im2col_gpu
+        g = self.geometry
+        im2col_gpu(bottoms[0].data.reshape(self.outer, g.channels, g.height, g.width), tops[0].data, g,
+                   channel_major=False)
+
+    def backward_gpu(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            from .kernels.im2col import col2im_gpu
+            g = self.geometry
+            col2im_gpu(tops[0].diff, bottoms[0].diff.reshape(self.outer, g.channels, g.height, g.width), g,
+                       channel_major=False)
