@@ -8,8 +8,10 @@ import math
 
 import numpy as np
 
+from ..protos import caffe_pb2
 from . import cpu_kernels
 from .base import TRAIN, Layer
+from .kernels import i32, launch
 from .registry import register
 
 
@@ -21,6 +23,9 @@ def pooled_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool =
     if pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
+
+
+MAX = caffe_pb2.PoolingParameter.MAX
 
 
 @register
@@ -74,6 +79,13 @@ class PoolingLayer(Layer):
         if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil_mode = p.round_mode == p.CEIL
+        # The ceil_mode forks' flag says the same thing with the opposite sense
+        # (ceil_mode: false == round_mode: FLOOR); both given must agree.
+        if p.HasField("ceil_mode"):
+            if p.HasField("round_mode") and p.ceil_mode != self.ceil_mode:
+                raise self.error(f"ceil_mode: {str(p.ceil_mode).lower()} contradicts round_mode: "
+                                 f"{p.RoundMode.Name(p.round_mode)}; give one of them")
+            self.ceil_mode = p.ceil_mode
 
     def reshape(self, bottoms, tops):
         if bottoms[0].num_axes != 4:
@@ -85,29 +97,43 @@ class PoolingLayer(Layer):
                          zip((height, width), self.kernel, self.pad, self.stride))
         for top in tops:
             top.reshape(n, c, *self.out)
+        self._shape = bottoms[0].shape
         xp = self.xp
         (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.kernel, self.pad, self.stride, self.out
         # Window sizes clipped to the padded input, per axis: AVE's divisor.
         counts = [np.minimum(np.arange(o) * s - p + k, size + p) - (np.arange(o) * s - p)
                   for o, s, p, k, size in zip(self.out, self.stride, self.pad, self.kernel, (height, width))]
         self._divisor = xp.asarray(np.outer(*counts).astype(np.float32))
-        if self.device.is_gpu:
-            self._mask = xp.empty((n, c, oh, ow), np.float32) if self.method == 0 else None
-            return
-        if self.method == 0:  # compiled kernels: only the index of each maximum to keep
-            self._mask_index = np.zeros((n, c, oh, ow), np.int32)
-            self._mask_fresh = False
-            self._scratch = np.zeros((n, c, oh, ow), np.float32)
-            return
         # Windows that all lie inside the input are read (and written back) in place.
         self._direct = (ph, pw) == (0, 0) and (oh - 1) * sh + kh <= height and (ow - 1) * sw + kw <= width
         self._disjoint = sh >= kh and sw >= kw
         self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
+        self._padded = self._mask = None  # one path's work buffers: see _cpu_buffers, _gpu_mask
+
+    def _cpu_buffers(self) -> None:
+        """The CPU path's work buffers, made on first use after a reshape."""
+        if self._padded is not None:
+            return
+        n, c, height, width = self._shape
+        (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.kernel, self.pad, self.stride, self.out
+        self._scratch = np.zeros((n, c, oh, ow), np.float32)
+        if self.method == MAX:  # the compiled kernels keep only the index h*W + w of each maximum
+            self._mask_index = np.zeros((n, c, oh, ow), np.int32)
+            self._padded = self._mask_index  # marks the buffers made (MAX needs no padded copy)
+            self._mask_fresh = False
+            return
         # Padded work buffers cover every window, including those ceil rounding adds.
         padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
         self._padded = np.zeros(padded, np.float32)
         self._padded_diff = np.zeros(padded, np.float32)
-        self._scratch = np.zeros((n, c, oh, ow), np.float32)
+
+    def _gpu_mask(self, tops):
+        """Where the MAX kernels keep each window's argmax: the second top, else a buffer of ours."""
+        if len(tops) > 1:
+            return tops[1].data
+        if self._mask is None:
+            self._mask = self.xp.empty(tops[0].shape, np.float32)
+        return self._mask
 
     def _window(self, array, i, j):
         (sh, sw), (oh, ow) = self.stride, self.out
@@ -136,7 +162,8 @@ class PoolingLayer(Layer):
         cpu_kernels.max_pool_backward(tops[0].diff, self._mask_index, bottoms[0].diff)
 
     def forward_cpu(self, bottoms, tops):
-        if self.method == 0:
+        self._cpu_buffers()
+        if self.method == MAX:
             self._max_forward(bottoms, tops)
             return
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
@@ -154,7 +181,8 @@ class PoolingLayer(Layer):
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
-        if self.method == 0:
+        self._cpu_buffers()
+        if self.method == MAX:
             self._max_backward(tops, bottoms)
             return
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
@@ -175,26 +203,22 @@ class PoolingLayer(Layer):
         bottoms[0].diff[...] = diff[:, :, ph:ph + height, pw:pw + width]
 
     def _kernel_args(self, bottom):
-        from .kernels import i32
         height, width = bottom.shape[2:]
         return tuple(map(i32, (height, width, *self.out, *self.kernel, *self.stride, *self.pad)))
 
     def forward_gpu(self, bottoms, tops):
-        from .kernels import launch
         top, args = tops[0].data, self._kernel_args(bottoms[0])
-        if self.method == 0:
-            mask = tops[1].data if len(tops) > 1 else self._mask
-            launch("dl_max_pool_forward", top.size, bottoms[0].data, top, mask, np.int64(top.size), *args)
+        if self.method == MAX:
+            launch("dl_max_pool_forward", top.size, bottoms[0].data, top, self._gpu_mask(tops),
+                   np.int64(top.size), *args)
         else:
             launch("dl_ave_pool_forward", top.size, bottoms[0].data, top, np.int64(top.size), *args)
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
-        from .kernels import launch
         dx, args = bottoms[0].diff, self._kernel_args(bottoms[0])
-        if self.method == 0:
-            mask = tops[1].data if len(tops) > 1 else self._mask
-            launch("dl_max_pool_backward", dx.size, tops[0].diff, mask, dx, np.int64(dx.size), *args)
+        if self.method == MAX:
+            launch("dl_max_pool_backward", dx.size, tops[0].diff, self._gpu_mask(tops), dx, np.int64(dx.size), *args)
         else:
             launch("dl_ave_pool_backward", dx.size, tops[0].diff, dx, np.int64(dx.size), *args)
