@@ -370,12 +370,19 @@ class Solver:
         if display:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self._clip_gradients(params)
+        # On the CPU a rule may run all four steps in one compiled pass (same numbers).
+        fused = None if self.net.device.is_gpu else getattr(self.rule, "fused_step_cpu", None)
         for i, blob in enumerate(params):
+            if fused is not None:
+                decay = np.float32(self.param.weight_decay) * np.float32(self.net.params_weight_decay[i])
+                fused(i, float(np.float32(rate) * np.float32(self.net.params_lr[i])),
+                      np.float32(1.0 / self.param.iter_size) if self.param.iter_size > 1 else np.float32(1),
+                      decay, self.param.regularization_type == "L1")
+                continue
             self.normalize(i, blob)
             self.regularize(i, blob)
             self.compute_update(i, rate)
-        for blob in params:  # Net::Update
-            blob.data -= blob.diff
+            blob.data -= blob.diff  # Net::Update
         return rate
 
     def normalize(self, index: int, blob) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..blob import Blob
+from ..layers import cpu_kernels
 
 
 class UpdateRule:
@@ -74,6 +75,14 @@ class SGD(UpdateRule):
         v *= np.float32(self.param.momentum)
         v += g
         g[...] = v
+
+    def fused_step_cpu(self, index: int, lr: float, scale, decay, l1: bool) -> None:
+        """The solver's normalize, regularize, compute and apply steps for one blob in one
+        compiled pass (:func:`cpu_kernels.sgd_step`): identical numbers, no buffer."""
+        blob = self.blobs[index]
+        cpu_kernels.sgd_step(blob.data.reshape(-1), blob.diff.reshape(-1), self.history[index].reshape(-1),
+                             np.float32(scale), np.float32(decay), l1, np.float32(lr),
+                             np.float32(self.param.momentum))
 
 
 class Nesterov(UpdateRule):
