@@ -26,6 +26,8 @@ _LAZY = {
     "write_solver": ("dlsoft.netdef.io", "write_solver"),
     "get_solver": ("dlsoft.solver", "get_solver"),
     "set_random_seed": ("dlsoft.random", "set_seed"),
+    "set_num_threads": ("dlsoft.threads", "set_num_threads"),
+    "get_num_threads": ("dlsoft.threads", "get_num_threads"),
     "zoo": ("dlsoft.model_zoo", None),
     "caffe_pb2": ("dlsoft.protos.caffe_pb2", None),
 }

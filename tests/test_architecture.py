@@ -15,7 +15,7 @@ RANKS = {
     "netdef": 4,
     "layers": 3,
     "data": 2,
-    "fileio": 1, "backend": 1, "blob": 1, "errors": 1, "random": 1, "zoo_ref": 1,
+    "fileio": 1, "backend": 1, "blob": 1, "errors": 1, "random": 1, "zoo_ref": 1, "threads": 1,
     "protos": 0,
 }
 

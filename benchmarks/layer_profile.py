@@ -1,7 +1,7 @@
 """Per-layer profile of a benchmark row's net (what ``dlsoft time`` measures, on random data).
 
-Usage: python benchmarks/profile.py ROW [iterations] [threads], e.g.
-``python benchmarks/profile.py cifar10_quick_train 10 1``. Rows are benchmarks/run.py's;
+Usage: python benchmarks/layer_profile.py ROW [iterations] [threads], e.g.
+``python benchmarks/layer_profile.py cifar10_quick_train 10 1``. Rows are benchmarks/run.py's;
 training rows time forward and backward, deploy rows forward only. Prints the layers
 sorted by time, with the share of the total, then the full ``dlsoft time`` table.
 """
