@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cpu_kernels
+from . import cpu_kernels, workspace
 from .base import Layer
 from .fillers import fill
 from .im2col import Geometry, col2im_add, im2col_view, padded_input, unpad
@@ -135,9 +135,9 @@ class _ConvolutionBase(Layer):
     def _allocate_buffers(self):
         xp, g, n = self.xp, self.geometry, self.chunk
         column_channels = self.channels if self.transposed else self.num_output
-        # Flat storage: a chunk of any size views a contiguous prefix, which BLAS needs.
-        self._col_store = xp.empty(self.col_rows * n * self.plane, np.float32)
-        self._columns_store = xp.empty(column_channels * n * self.plane, np.float32)
+        # The col and column-side buffers are the net's shared workspace (all convolutions
+        # run one after another); a chunk of any size views a contiguous prefix, which BLAS needs.
+        self._column_channels = column_channels
         self._weight_grad = xp.empty(self.blobs[0].shape, np.float32).reshape(self.group, -1, self.col_rows // self.group)
         self._padded = None  # CPU-only: see _cpu_padding
         self._col_source = None  # which (bottom data, chunk start) self._col holds, to skip a redo
@@ -145,12 +145,19 @@ class _ConvolutionBase(Layer):
     # ---- the steps, each for one chunk of n images ----------------------------------------------
     def _col(self, n: int):
         """The col work buffer for n images: (group, K, n*P), contiguous."""
-        return self._col_store[:self.col_rows * n * self.plane].reshape(self.group, -1, n * self.plane)
+        col = workspace.buffer(self.device, "col", self.col_rows * n * self.plane, owner=self)
+        return col.reshape(self.group, -1, n * self.plane)
 
     def _columns(self, n: int):
         """The column-side work buffer for n images: (group, M, n*P), contiguous."""
-        size = self._columns_store.size // self.chunk * n
-        return self._columns_store[:size].reshape(self.group, -1, n * self.plane)
+        columns = workspace.buffer(self.device, "columns", self._column_channels * n * self.plane, owner=self)
+        return columns.reshape(self.group, -1, n * self.plane)
+
+    def _col_still_holds(self, index: int, bottom) -> bool:
+        """Whether the shared col buffer still holds what forward put there for this bottom
+        (no other layer took it since: true for the last convolution of the net)."""
+        return self._col_source is not None and self._col_source[0] == index \
+            and self._col_source[1] is bottom.data and workspace.owner(self.device, "col") is self
 
     def _weights(self):
         return self.blobs[0].data.reshape(self.group, -1, self.col_rows // self.group)
@@ -280,8 +287,7 @@ class ConvolutionLayer(_ConvolutionBase):
                     self.blobs[1].diff[...] += dy.reshape(self.num_output, -1).sum(axis=1)
                 pointwise = self._pointwise_view(images[part])
                 if self.param_propagate_down[0]:
-                    cached = self._col_source is not None and self._col_source[0] == index \
-                        and self._col_source[1] is bottom.data
+                    cached = self._col_still_holds(index, bottom)
                     col = pointwise if pointwise is not None else \
                         self._col(n) if cached else im2col(images[part])
                     self._accumulate_weight_grad(dy, col)
