@@ -474,25 +474,29 @@ def set_threads(n: int):
 
 
 # --------------------------------------------------------------------------- measuring
-def time_once(side: Side) -> float:
-    start = time.perf_counter()
+def time_once(side: Side) -> tuple[float, float]:
+    """Wall and process-CPU milliseconds of one run."""
+    start, cpu = time.perf_counter(), time.process_time()
     side.run()
-    return (time.perf_counter() - start) * 1e3
+    return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu) * 1e3
 
 
-def alternate(sides: list[Side], rounds: int, warmup: int) -> list[list[float]]:
-    """Per side, the milliseconds of each round; the first side alternates every round."""
+def alternate(sides: list[Side], rounds: int, warmup: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Per side, the wall and CPU milliseconds of each round; the first side alternates every round."""
     for side in sides:
         for _ in range(warmup):
             side.run()
     times = [[] for _ in sides]
+    cpu = [[] for _ in sides]
     for r in range(rounds):
         order = list(range(len(sides)))
         if r % 2:
             order.reverse()
         for i in order:
-            times[i].append(time_once(sides[i]))
-    return times
+            wall, used = time_once(sides[i])
+            times[i].append(wall)
+            cpu[i].append(used)
+    return times, cpu
 
 
 def summary(values: list[float]) -> dict:
@@ -593,7 +597,7 @@ def cell(ours: dict, theirs: dict) -> str:
 def markdown(results: list[dict], info: dict, args) -> str:
     threads = args.threads
     head = "| work | peer | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}: dlsoft / peer" for t in threads) \
-        + " | peak RSS MiB, dlsoft / peer (above imports) |"
+        + (" | 1 thread, CPU time ratio |" if 1 in threads else " |") + " peak RSS MiB, dlsoft / peer (above imports) |"
     lines = [
         "# Benchmarks",
         "",
@@ -609,10 +613,12 @@ def markdown(results: list[dict], info: dict, args) -> str:
         "weights random (deploy nets, BatchNorm with random statistics) and identical on both sides, outputs "
         "compared before timing. Peak RSS: each side alone in its own process, at 1 thread, "
         "the kernel's peak resident set (VmHWM, as `resource.getrusage` would report without fork inheritance), and in brackets the part above the process's "
-        "resident set after its imports.",
+        "resident set after its imports. The CPU-time ratio (process CPU seconds per run, medians, at 1 "
+        "thread) is the work each side does, which other programs on a shared machine disturb far less "
+        "than the wall time.",
         "",
         head,
-        "|" + "---|" * (3 + len(threads)),
+        "|" + "---|" * (3 + len(threads) + (1 in threads)),
     ]
     for r in results:
         for peer in r["peers"]:
@@ -627,6 +633,9 @@ def markdown(results: list[dict], info: dict, args) -> str:
                             f"({m['peak_mib'] - m['baseline_mib']:.0f} / {p['peak_mib'] - p['baseline_mib']:.0f})")
             else:
                 mem_text = "-"
+            if 1 in threads:
+                used = r["cpu"][1]
+                cells.append(f"{used['dlsoft']['median'] / used[peer]['median']:.2f}")
             lines.append(f"| {r['title']} | {PEER_NAMES[peer]} | " + " | ".join(cells) + f" | {mem_text} |")
     lines += ["", "Checks before timing: " + "; ".join(f"{r['key']}: {r['check']}" for r in results), ""]
     return "\n".join(lines)
@@ -683,8 +692,9 @@ def main(argv=None) -> None:
             for t in args.threads:
                 limiter = set_threads(t)
                 names = list(sides)
-                times = alternate([sides[n] for n in names], args.rounds, args.warmup)
+                times, cpu = alternate([sides[n] for n in names], args.rounds, args.warmup)
                 result["times"][t] = {n: summary(v) for n, v in zip(names, times)}
+                result.setdefault("cpu", {})[t] = {n: summary(v) for n, v in zip(names, cpu)}
                 del limiter
                 for peer in peers:
                     print(f"  {t} thread(s) vs {PEER_NAMES[peer]}: "
@@ -698,6 +708,8 @@ def main(argv=None) -> None:
                 print("  peak RSS MiB: " + ", ".join(f"{s} {m['peak_mib']:.0f}" for s, m in result["memory"].items()
                                                      if m), flush=True)
             results.append(result)
+            if args.output != "-":  # after every row, so an interrupted run keeps what it measured
+                Path(args.output).write_text(markdown(results, info, args))
     text = markdown(results, info, args)
     print()
     print(text)

@@ -140,9 +140,11 @@ class BatchNormLayer(Layer):
         self.spatial = bottom.count // (self.num * self.channels) if bottom.count else 0
         shape3 = (self.num, self.channels, self.spatial)
         # x_norm keeps y for backward (a later in-place layer may overwrite the top);
-        # temp is scratch for squares and products.
-        self.x_norm = self.xp.empty(shape3, dtype=np.float32)
-        self.temp = self.xp.empty(shape3, dtype=np.float32)
+        # temp is scratch for squares and products. With global statistics (TEST) neither is
+        # used: backward is dy / std, so a deploy net keeps no copy of each activation.
+        batch_stats = not self.use_global_stats
+        self.x_norm = self.xp.empty(shape3, dtype=np.float32) if batch_stats else None
+        self.temp = self.xp.empty(shape3, dtype=np.float32) if batch_stats else None
 
     def view3(self, array):
         return array.reshape(self.num, self.channels, self.spatial)
@@ -165,7 +167,8 @@ class BatchNormLayer(Layer):
         xp.add(self.var, self.eps, out=self.std)
         xp.sqrt(self.std, out=self.std)
         y /= self.std[:, None]
-        xp.copyto(self.x_norm, y)
+        if self.x_norm is not None:
+            xp.copyto(self.x_norm, y)
 
     def _update_running_stats(self, count: int) -> None:
         mean_sum, var_sum, factor = (b.data for b in self.blobs)
