@@ -454,9 +454,16 @@ def build_side(key: str, side: str, workdir: Path) -> Side:
 
 # --------------------------------------------------------------------------- threads
 def set_threads(n: int):
-    """Give numpy's BLAS, torch and OpenCV ``n`` threads; returns the threadpoolctl limiter."""
-    from threadpoolctl import threadpool_limits
-    limiter = threadpool_limits(limits=n)
+    """Give numpy's BLAS, dlsoft's kernels, torch and OpenCV ``n`` threads; returns the
+    threadpoolctl limiter (None without threadpoolctl: then BLAS keeps its own count)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("warning: threadpoolctl is not installed (pip install threadpoolctl): numpy's BLAS threads "
+              "are not set", file=sys.stderr)
+        limiter = None
+    else:
+        limiter = threadpool_limits(limits=n)
     setter = getattr(dlsoft, "set_num_threads", None)
     if setter is not None:
         setter(n)
@@ -563,7 +570,11 @@ def memory(key: str, side: str, workdir: Path, threads: int) -> dict | None:
 
 # --------------------------------------------------------------------------- report
 def machine() -> dict:
-    from threadpoolctl import threadpool_info
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        def threadpool_info():
+            return []
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
