@@ -341,7 +341,7 @@ def _pad(node: _Node) -> None:
 
 # ---------------------------------------------------------------------------- pooling
 def _caffe_pooled(size: int, kernel: int, pad: int, stride: int, ceil: bool) -> int:
-    from ..layers.vision import pooled_size  # noqa: PLC0415
+    from ..layers.pooling import pooled_size  # noqa: PLC0415
     return pooled_size(size, kernel, pad, stride, ceil)
 
 
@@ -627,6 +627,11 @@ def _flatten(node: _Node) -> None:
     shape = node.shape(node.inputs[0])
     axis = int(node.attr("axis", 1)) % (len(shape) + 1)
     if axis == 1:
+        consumers = node.importer.consumers[node.outputs[0]]
+        graph = node.importer.model.graph
+        if node.single_use(node.outputs[0]) and graph.node[consumers[0]].op_type == "Gemm":
+            node.importer.alias[node.outputs[0]] = node.blob(0)  # InnerProduct flattens by itself
+            return
         node.layer("Flatten", [node.blob(0)])
         return
     inner = int(np.prod(shape[axis:], dtype=np.int64))
