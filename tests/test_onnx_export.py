@@ -320,3 +320,19 @@ def test_net_export_onnx_method(tmp_path):
     with small_net('layer { name: "r" type: "ReLU" bottom: "data" top: "r" }') as net:
         model = net.export_onnx(tmp_path / "m.onnx")
         assert (tmp_path / "m.onnx").is_file() and model.graph.output[0].name == "r"
+
+
+def test_inputs_from_net_level_input_fields(tmp_path):
+    """`input:` + `input_shape`/`input_dim` (the old deploy style) name and shape the inputs."""
+    text = '''name: "old_style"
+input: "image" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+input: "aux" input_shape { dim: 1 dim: 4 }
+layer { name: "conv" type: "Convolution" bottom: "image" top: "conv" convolution_param { num_output: 4 kernel_size: 8 } }
+layer { name: "flat" type: "Flatten" bottom: "conv" top: "flat" }
+layer { name: "sum" type: "Eltwise" bottom: "flat" bottom: "aux" top: "sum" }'''
+    with dlsoft.Net(parse_net_text(text), phase="TEST") as net:
+        randomize(net)
+        model = export_net(net, tmp_path / "model.onnx")
+        assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
+                for i in model.graph.input] == [("image", ["batch", 3, 8, 8]), ("aux", ["batch", 4])]
+        assert_matches(net, tmp_path / "model.onnx", input_feeds(net, 3), ["sum"])
