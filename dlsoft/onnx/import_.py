@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import DlsoftError
 from ..fileio import array_to_blob_proto
 from ..protos import caffe_pb2
 from . import OnnxError, require_onnx
@@ -226,7 +227,12 @@ def import_model(path, outdir, name: str | None = None) -> tuple[Path, Path]:
         layer.ClearField("blobs")
     write_net(definition, prototxt)
     write_net(net_param, caffemodel)
-    Net(str(prototxt), phase="TEST", weights=str(caffemodel)).close()  # it builds, the weights fit
+    try:
+        Net(str(prototxt), phase="TEST", weights=str(caffemodel)).close()  # it builds, the weights fit
+    except DlsoftError as exc:
+        prototxt.unlink()
+        caffemodel.unlink()
+        raise OnnxError(f"the imported net does not build: {exc}", path=str(path)) from None
     return prototxt, caffemodel
 
 
