@@ -336,3 +336,30 @@ layer { name: "sum" type: "Eltwise" bottom: "flat" bottom: "aux" top: "sum" }'''
         assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
                 for i in model.graph.input] == [("image", ["batch", 3, 8, 8]), ("aux", ["batch", 4])]
         assert_matches(net, tmp_path / "model.onnx", input_feeds(net, 3), ["sum"])
+
+
+def test_tile_reduction_mvn_swish_parameter(tmp_path):
+    body = '''layer { name: "tile" type: "Tile" bottom: "data" top: "tile" tile_param { axis: 2 tiles: 3 } }
+layer { name: "sum" type: "Reduction" bottom: "data" top: "sum" reduction_param { axis: 1 } }
+layer { name: "asum" type: "Reduction" bottom: "data" top: "asum" reduction_param { operation: ASUM axis: 2 coeff: -0.5 } }
+layer { name: "sumsq" type: "Reduction" bottom: "data" top: "sumsq" reduction_param { operation: SUMSQ axis: -1 } }
+layer { name: "mean" type: "Reduction" bottom: "data" top: "mean" reduction_param { operation: MEAN axis: 1 coeff: 2 } }
+layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" }
+layer { name: "mvn2" type: "MVN" bottom: "data" top: "mvn2" mvn_param { across_channels: true normalize_variance: false } }
+layer { name: "swish" type: "Swish" bottom: "data" top: "swish" swish_param { beta: 1.5 } }
+layer { name: "param" type: "Parameter" top: "param" parameter_param { shape { dim: 2 dim: 3 } } }'''
+    names = ["tile", "sum", "asum", "sumsq", "mean", "mvn", "mvn2", "swish", "param"]
+    with small_net(body, (2, 3, 4, 5)) as net:
+        randomize(net)
+        export_and_compare(net, tmp_path, names, cut=True, tolerance=1e-5)
+        export_and_compare(net, tmp_path, names[:-1], batch=3, cut=True, tolerance=1e-5)
+
+
+def test_every_layer_type_is_converted_or_refused_with_a_reason():
+    from dlsoft.layers.registry import registered_types
+    from dlsoft.onnx.export import _NO_ONNX_FORM, supported_types
+    converted, refused = set(supported_types()), set(_NO_ONNX_FORM)
+    assert converted <= set(registered_types())
+    # the rest are the Input layer (the graph's inputs), data layers and losses (generic reasons)
+    rest = set(registered_types()) - converted - refused - {"Input"}
+    assert all(t.endswith(("Data", "Loss")) for t in rest), rest

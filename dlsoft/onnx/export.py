@@ -46,6 +46,8 @@ _NO_ONNX_FORM = {
     "Filter": "its output shape depends on the data",
     "BatchReindex": "its output shape depends on the data",
     "Embed": "its input is an index blob; not supported by the exporter",
+    "ArgMax": "Caffe's ArgMax (float indices over the flattened item, optional values) is not exported",
+    "Im2col": "no ONNX operator lays out convolution columns",
     "LSTM": "recurrent layers are not supported by the exporter",
     "RNN": "recurrent layers are not supported by the exporter",
     "LSTMUnit": "recurrent layers are not supported by the exporter",
@@ -346,7 +348,7 @@ def _pooling(c: _Layer) -> list[str]:
         # Padding never wins a max, so Caffe's pads and the ceil windows are plain ONNX pads.
         eh, onnx_h = _pool_geometry(height, kh, ph, sh, oh, height + ph)
         ew, onnx_w = _pool_geometry(width, kw, pw, sw, ow, width + pw)
-        pooled = c.op("MaxPool", [x], kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, eh, ew])
+        op, attrs = "MaxPool", dict(pads=[ph, pw, eh, ew])
     else:
         # Caffe's divisor counts its pads but not the ceil windows' overhang: the pads become
         # real zeros (a Pad node), the overhang uncounted ONNX padding.
@@ -354,11 +356,11 @@ def _pooling(c: _Layer) -> list[str]:
             x = c.op("Pad", [x, c.ints([0, 0, ph, pw, 0, 0, ph, pw], "pads")], mode="constant")
         eh, onnx_h = _pool_geometry(height, kh, ph, sh, oh, height + 2 * ph)
         ew, onnx_w = _pool_geometry(width, kw, pw, sw, ow, width + 2 * pw)
-        attrs = dict(pads=[0, 0, eh, ew], count_include_pad=0) if (eh, ew) != (0, 0) else {}
-        pooled = c.op("AveragePool", [x], kernel_shape=[kh, kw], strides=[sh, sw], **attrs)
-    if (onnx_h, onnx_w) == (oh, ow):
-        c.graph.nodes[-1].output[0] = c.top_names[0]
-        return [c.top_names[0]]
+        op, attrs = "AveragePool", dict(pads=[0, 0, eh, ew], count_include_pad=0) if (eh, ew) != (0, 0) else {}
+    exact = (onnx_h, onnx_w) == (oh, ow)
+    pooled = c.op(op, [x], top=0 if exact else None, kernel_shape=[kh, kw], strides=[sh, sw], **attrs)
+    if exact:
+        return [pooled]
     # Caffe dropped a last window that would start in the padding; ONNX computed it.
     return [c.op("Slice", [pooled, c.ints([0, 0], "starts"), c.ints([oh, ow], "ends"), c.ints([2, 3], "axes")],
                  top=0)]
@@ -570,6 +572,53 @@ def _batch_norm(c: _Layer) -> list[str]:
     return [top]
 
 
+@converts("Tile")
+def _tile(c: _Layer) -> list[str]:
+    """Caffe repeats the block from ``axis`` on ``tiles`` times: numpy's (and ONNX's) tile."""
+    p = c.param.tile_param
+    repeats = [1] * len(c.bottom_shapes[0])
+    repeats[p.axis % len(repeats)] = p.tiles
+    return [c.op("Tile", [c.inputs[0], c.ints(repeats, "repeats")], top=0)]
+
+
+_REDUCTIONS = {1: "ReduceSum", 2: "ReduceL1", 3: "ReduceSumSquare", 4: "ReduceMean"}
+
+
+@converts("Reduction")
+def _reduction(c: _Layer) -> list[str]:
+    """coeff · op over every axis from ``axis`` on (the top keeps the axes before it)."""
+    p = c.param.reduction_param
+    rank = len(c.bottom_shapes[0])
+    axes = list(range(p.axis % rank if rank else 0, rank))
+    op = _REDUCTIONS[p.operation]
+    last = p.coeff == 1
+    if op == "ReduceSum":  # opset 13+: its axes are an input, the others' an attribute (until 18)
+        value = c.op(op, [c.inputs[0], c.ints(axes, "axes")], top=0 if last else None, keepdims=0)
+    else:
+        value = c.op(op, c.inputs, top=0 if last else None, axes=axes, keepdims=0)
+    return [value] if last else [c.op("Mul", [value, c.const(p.coeff, "coeff")], top=0)]
+
+
+@converts("MVN")
+def _mvn(c: _Layer) -> list[str]:
+    """x - mean, then / (sqrt(mean((x - mean)²)) + eps), per item and channel (per item across channels)."""
+    p = c.param.mvn_param
+    rank = len(c.bottom_shapes[0])
+    axes = list(range(1 if p.across_channels else min(2, rank), rank))
+    x = c.inputs[0]
+    centred = c.op("Sub", [x, c.op("ReduceMean", [x], axes=axes, keepdims=1)], top=None if p.normalize_variance else 0)
+    if not p.normalize_variance:
+        return [centred]
+    variance = c.op("ReduceMean", [c.op("Mul", [centred, centred])], axes=axes, keepdims=1)
+    deviation = c.op("Add", [c.op("Sqrt", [variance]), c.const(p.eps, "eps")])
+    return [c.op("Div", [centred, deviation], top=0)]
+
+
+@converts("Parameter")
+def _parameter(c: _Layer) -> list[str]:
+    return [c.op("Identity", [c.const(c.blob(0), "value")], top=0)]
+
+
 @converts("Softmax")
 def _softmax(c: _Layer) -> list[str]:
     axis = c.param.softmax_param.axis % len(c.bottom_shapes[0])
@@ -607,51 +656,47 @@ def _simple(c: _Layer) -> list[str]:
     return [c.op(_SIMPLE[c.type], c.inputs, top=0)]
 
 
-def _affine(c: _Layer, x: str, scale: float, shift: float) -> str:
-    """shift + scale·x, skipping the identity parts."""
-    if scale != 1:
-        x = c.op("Mul", [x, c.const(scale, "scale")])
-    if shift != 0:
-        x = c.op("Add", [x, c.const(shift, "shift")])
-    return x
-
-
-def _last(c: _Layer, value: str) -> list[str]:
-    """Make ``value`` the layer's top (an Identity when no node was needed)."""
-    if value in c.inputs:
-        return [c.op("Identity", [value], top=0)]
-    c.graph.nodes[-1].output[0] = c.top_names[0]
-    return [c.top_names[0]]
+def _chain(c: _Layer, steps) -> list[str]:
+    """x through ``steps``, (op, scalar constant or None for a unary op), skipping no-ops;
+    the last node writes the top (an Identity if every step was a no-op)."""
+    steps = [(op, value) for op, value in steps if not (op in ("Mul", "Pow") and value == 1)
+             and not (op == "Add" and value == 0)]
+    if not steps:
+        return [c.op("Identity", c.inputs[:1], top=0)]
+    value = c.inputs[0]
+    for k, (op, constant) in enumerate(steps):
+        inputs = [value] if constant is None else [value, c.const(constant, op.lower())]
+        value = c.op(op, inputs, top=0 if k == len(steps) - 1 else None)
+    return [value]
 
 
 @converts("Power")
 def _power(c: _Layer) -> list[str]:
     """(shift + scale·x)^power."""
     layer = c.layer
-    value = _affine(c, c.inputs[0], layer.scale, layer.shift)
-    if layer.power != 1:
-        value = c.op("Pow", [value, c.const(layer.power, "power")])
-    return _last(c, value)
+    return _chain(c, [("Mul", layer.scale), ("Add", layer.shift), ("Pow", layer.power)])
 
 
 @converts("Exp")
 def _exp(c: _Layer) -> list[str]:
     """base^(shift + scale·x) = outer · exp(inner·x), as the layer computes it."""
     layer = c.layer
-    value = c.op("Exp", [_affine(c, c.inputs[0], layer.inner, 0.0)])
-    if layer.outer != 1:
-        value = c.op("Mul", [value, c.const(layer.outer, "outer")])
-    return _last(c, value)
+    return _chain(c, [("Mul", layer.inner), ("Exp", None), ("Mul", layer.outer)])
 
 
 @converts("Log")
 def _log(c: _Layer) -> list[str]:
     """log(shift + scale·x) / ln(base)."""
     layer = c.layer
-    value = c.op("Log", [_affine(c, c.inputs[0], layer.scale, layer.shift)])
-    if layer.base_scale != 1:
-        value = c.op("Mul", [value, c.const(layer.base_scale, "base_scale")])
-    return _last(c, value)
+    return _chain(c, [("Mul", layer.scale), ("Add", layer.shift), ("Log", None), ("Mul", layer.base_scale)])
+
+
+@converts("Swish")
+def _swish(c: _Layer) -> list[str]:
+    """x · sigmoid(beta · x)."""
+    x = c.inputs[0]
+    scaled = x if c.layer.beta == 1 else c.op("Mul", [x, c.const(c.layer.beta, "beta")])
+    return [c.op("Mul", [x, c.op("Sigmoid", [scaled])], top=0)]
 
 
 @converts("Threshold")
@@ -694,13 +739,6 @@ def _prior_box(c: _Layer) -> list[str]:
     layer.forward(net.bottom_ids[c.index], net.top_ids[c.index])
     boxes = to_numpy(net.top_ids[c.index][0].data).astype(np.float32)
     return [c.op("Identity", [c.const(boxes, "boxes")], top=0)]
-
-
-def _check_all_types() -> None:
-    """Every converter's name is a registered layer type (a typo would never run)."""
-    from ..layers.registry import registered_types  # noqa: PLC0415
-    unknown = set(_CONVERTERS) - set(registered_types())
-    assert not unknown, unknown
 
 
 __all__ = ["BATCH", "IR_VERSION", "export_files", "export_net", "supported_types"]
