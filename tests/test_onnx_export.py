@@ -363,3 +363,13 @@ def test_every_layer_type_is_converted_or_refused_with_a_reason():
     # the rest are the Input layer (the graph's inputs), data layers and losses (generic reasons)
     rest = set(registered_types()) - converted - refused - {"Input"}
     assert all(t.endswith(("Data", "Loss")) for t in rest), rest
+
+
+def test_batchnorm_output_wanted_keeps_the_scale_apart(tmp_path):
+    body = '''layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
+layer { name: "sc" type: "Scale" bottom: "bn" top: "sc" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "sc" top: "relu" }'''
+    with small_net(body) as net:
+        randomize(net)
+        export_and_compare(net, tmp_path, ["bn", "relu"], cut=True)
+        export_and_compare(net, tmp_path, ["bn"], cut=True)

@@ -40,8 +40,9 @@ _CONVERTERS: dict[str, Callable] = {}
 #: Why some layer types cannot be exported (others get a generic reason).
 _NO_ONNX_FORM = {
     "Python": "its computation is Python code, which ONNX cannot hold",
-    "DetectionOutput": "SSD's non-maximum suppression output has no exact ONNX form; export the net "
-                       "up to the mbox_loc/mbox_conf/mbox_priorbox blobs and decode outside",
+    "DetectionOutput": "SSD's box decoding and non-maximum suppression have no exact ONNX form; cut the "
+                       "export before it with --output (its bottoms, e.g. mbox_loc, mbox_conf_flatten, "
+                       "mbox_priorbox)",
     "Accuracy": "a metric needs labels: export the deploy net",
     "Filter": "its output shape depends on the data",
     "BatchReindex": "its output shape depends on the data",
@@ -222,13 +223,7 @@ class _Exporter:
                 converter = _CONVERTERS.get(layer.type)
                 view = _Layer(self, i)
                 if converter is None:
-                    reason = _NO_ONNX_FORM.get(layer.type)
-                    if reason is None:
-                        kind = "loss layers belong to training nets" if layer.type.endswith("Loss") else \
-                            "data layers feed training; export a deploy net with an Input layer" \
-                            if layer.type.endswith("Data") else "no ONNX converter for this layer type"
-                        reason = kind
-                    raise view.refuse(reason)
+                    raise view.refuse(_why_not(layer.type))
                 outputs = converter(view)
             for top, value in zip(tops, outputs):
                 self.value[top] = value
@@ -247,6 +242,17 @@ class _Exporter:
         model = _with_output_shapes(onnx, model)
         onnx.checker.check_model(model)
         return model
+
+
+def _why_not(layer_type: str) -> str:
+    """Why a layer type has no converter, for the one-line refusal."""
+    if layer_type in _NO_ONNX_FORM:
+        return _NO_ONNX_FORM[layer_type]
+    if layer_type.endswith("Loss"):
+        return "loss layers belong to training nets; export the deploy net"
+    if layer_type.endswith("Data"):
+        return "data layers feed training; export a deploy net whose inputs are an Input layer"
+    return "no ONNX converter for this layer type"
 
 
 def _version() -> str:
@@ -530,8 +536,8 @@ def _next_scale(c: _Layer):
     """The Scale layer right after this BatchNorm that only transforms its output, or None."""
     net = c.exporter.net
     following = c.index + 1
-    if following >= len(net.layers) or following in c.exporter.absorbed:
-        return None
+    if following not in c.exporter.needed or c.top_names[0] in c.exporter.outputs:
+        return None  # the graph ends here (or before the Scale): BatchNorm's own output is wanted
     scale = net.layers[following]
     bottoms = net.bottom_names[scale.name]
     if scale.type != "Scale" or len(bottoms) != 1 or bottoms[0] != net.top_names[c.name][0]:
