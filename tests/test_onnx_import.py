@@ -50,7 +50,9 @@ def round_trip(net, tmp_path, names, batch=2):
     (CAFFE / "examples/cifar10/cifar10_quick.prototxt", ["ip2", "prob"]),
     (CAFFE / "models/bvlc_googlenet/deploy.prototxt", ["loss3/classifier", "prob"]),
     (MOBILENET_SSD, ["conv13"]),
-], ids=["lenet", "cifar10_quick", "googlenet", "mobilenet"])
+    pytest.param(SHARED / "caffe-wild/soeaver+caffe-model/cls/resnet/deploy_resnet50.prototxt", ["fc1000", "prob"],
+                 marks=pytest.mark.slow),
+], ids=["lenet", "cifar10_quick", "googlenet", "mobilenet", "resnet50"])
 def test_round_trip_real_nets(path, names, tmp_path):
     with dlsoft.Net(str(_net_file(path)), phase="TEST") as net:
         randomize(net)
