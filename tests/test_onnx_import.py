@@ -171,6 +171,8 @@ def test_unsupported_operator_is_refused_by_name(tmp_path):
     message = _refused(tmp_path, [helper.make_node("Sin", ["x"], ["y"], name="wave")], {})
     assert "ONNX node 'wave' (Sin)" in message and "no Caffe layer" in message
     assert not (tmp_path / "out" / "m.prototxt").exists()
+    message = _refused(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], {}, shape=("N", 3, "H", "W"))
+    assert "input 'x' has a symbolic size on axis 2" in message
 
 
 def test_asymmetric_padding_and_uncounted_average_pads_are_refused(tmp_path):

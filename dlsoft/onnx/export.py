@@ -233,6 +233,10 @@ class _Exporter:
             if value != name:  # an alias (Dropout, Split) or a renamed value: give it the output's name
                 self.graph.node("Identity", [value], [name], f"{name}/output")
             outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        size = sum(t.ByteSize() for t in self.graph.initializers)
+        if size >= 2 ** 31 - 2 ** 26:  # protobuf's 2 GiB limit, with room for the graph itself
+            raise OnnxError(f"net '{net.name}': {size / 2 ** 30:.1f} GiB of weights exceed the 2 GiB limit "
+                            "of a single ONNX file")
         graph = helper.make_graph(self.graph.nodes, net.name or "net", inputs, outputs,
                                   initializer=self.graph.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],

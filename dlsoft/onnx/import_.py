@@ -137,10 +137,15 @@ class _Importer:
         for value in skeleton.graph.input:
             if value.name in initializers:
                 continue
-            for dim in value.type.tensor_type.shape.dim:
-                if not dim.HasField("dim_value"):
-                    dim.Clear()
-                    dim.dim_value = 1
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value"):
+                    continue
+                if axis:
+                    raise OnnxError(f"input '{value.name}' has a symbolic size on axis {axis}: a Caffe net's input "
+                                    "shape is fixed; fix it first (python -m onnxruntime.tools."
+                                    "make_dynamic_shape_fixed)")
+                dim.Clear()
+                dim.dim_value = 1  # the batch
         try:
             inferred = onnx.shape_inference.infer_shapes(skeleton)
         except Exception as exc:  # noqa: BLE001 - a malformed model
