@@ -15,6 +15,14 @@ Per iteration, as ``Solver::Step`` and ``SGDSolver::ApplyUpdate``:
 
 The solver only runs ``forward_backward``: it never writes input blobs, so a user may
 fill ``solver.net.blobs["data"].data`` by hand before each ``step(1)``, as with pycaffe.
+
+Data-parallel training (:mod:`dlsoft.distributed`) plugs in with ``shard`` (this rank's
+share of the train data; only rank 0, the *root solver*, builds test nets, logs, tests
+and snapshots) and :meth:`Solver.add_callback` (Caffe's ``Solver::Callback``): an object
+with ``on_start(solver)``, called at the start of every ``step``, and
+``on_gradients_ready(solver, loss) -> loss``, called once per iteration after the
+forward/backward passes and before the update; it may average the gradients in place
+and return the loss all ranks agree on, or raise :class:`~.signals.StopNow`.
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import numpy as np
 
 from .. import random as dl_random
 from ..backend import parse_device, to_numpy
+from ..data.shard import Shard
 from ..errors import SolverError
 from ..netdef import io
 from ..netdef.net import Net
@@ -39,7 +48,7 @@ from ..protos import caffe_pb2
 from . import snapshot as snap
 from .lr_policy import POLICIES, LearningRate
 from .progress import Progress, fmt
-from .signals import NONE, SNAPSHOT, STOP, SignalHandler, check_effect
+from .signals import NONE, SNAPSHOT, STOP, SignalHandler, StopNow, check_effect
 from .updates import RULES
 
 log = logging.getLogger(__name__)
@@ -52,18 +61,20 @@ class Solver:
     """Trains a net as Caffe's solver does; pycaffe's attributes and methods.
 
     ``Solver(param, device="cpu", weights=None, metrics=None, progress_bar=None,
-    sigint_effect="stop", sighup_effect="snapshot")``: ``param`` is a solver file
+    sigint_effect="stop", sighup_effect="snapshot", shard=None)``: ``param`` is a solver file
     (prototxt/YAML) or a SolverParameter. ``weights`` (a path, comma-separated paths or
     a list) are caffemodels to fine-tune from, added to the file's ``weights``. ``metrics``
     is the JSON-lines metrics file (default ``<snapshot_prefix>_metrics.jsonl``; False for
-    none). ``progress_bar`` None shows a bar only when stderr is a terminal.
+    none). ``progress_bar`` None shows a bar only when stderr is a terminal. ``shard``
+    (a :class:`~dlsoft.data.shard.Shard`) makes this the solver of one rank in
+    data-parallel training (see the module docstring).
 
     Net paths in the solver file are used as written (relative to the working directory,
     as Caffe does) and, when no such file exists, relative to the solver file's folder.
     """
 
     def __init__(self, param, device="cpu", *, weights=None, metrics=None, progress_bar=None,
-                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT):
+                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT, shard: Shard | None = None):
         if isinstance(param, (str, os.PathLike)):
             self.path: str | None = str(param)
             param = io.read_solver(self.path)
@@ -78,12 +89,17 @@ class Solver:
         self._validate()
         self.sigint_effect = check_effect(sigint_effect, "sigint_effect")
         self.sighup_effect = check_effect(sighup_effect, "sighup_effect")
+        self.sigterm_effect: str | None = None  # data-parallel runs treat SIGTERM as SIGINT
         self.device = parse_device(device)
+        self.shard = shard
+        #: only the root solver (rank 0) tests, logs and snapshots (Caffe's root_solver)
+        self.root_solver = shard is None or shard.rank == 0
+        self._callbacks: list = []
         p = self.param
         if p.random_seed >= 0:
             dl_random.set_seed(p.random_seed)
         self.net: Net = self._build_train_net()
-        self.test_nets: list[Net] = self._build_test_nets()
+        self.test_nets: list[Net] = self._build_test_nets() if self.root_solver else []
         for test_net in self.test_nets:
             test_net.share_trained_layers_with(self.net)
         for path in self._weight_files(weights):
@@ -196,7 +212,7 @@ class Solver:
         if override is not None:
             state.MergeFrom(override)
         return Net(model, phase=PHASE_NAMES[state.phase], level=state.level, stages=list(state.stage),
-                   device=self.device)
+                   device=self.device, shard=self.shard if phase == caffe_pb2.TRAIN else None)
 
     def _build_train_net(self) -> Net:
         p = self.param
@@ -259,9 +275,12 @@ class Solver:
         start_iter, stop_iter = self.iter, self.iter + int(iters)
         self._losses, self.smoothed_loss = [], 0.0
         params = self.net.learnable_params
-        progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 else False,
-                            metrics_path=self.metrics_path)
+        root = self.root_solver
+        progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 and root else False,
+                            metrics_path=self.metrics_path if root else None)
         timer, last_display = time.perf_counter(), self.iter
+        for callback in self._callbacks:
+            callback.on_start(self)
         try:
             while self.iter < stop_iter:
                 self.net.clear_param_diffs()
@@ -269,12 +288,21 @@ class Solver:
                     self.test_all(progress)
                     if self._requested_early_exit:
                         break
-                display = p.display and self.iter % p.display == 0
-                loss = 0.0
-                for _ in range(p.iter_size):
-                    loss += self.net.forward_backward()
-                    self._forwards[0] += 1
-                loss /= p.iter_size
+                display = root and p.display and self.iter % p.display == 0
+                loss, forwards = 0.0, self._forwards[0]
+                try:
+                    for _ in range(p.iter_size):
+                        loss += self.net.forward_backward()
+                        self._forwards[0] += 1
+                    loss /= p.iter_size
+                    for callback in self._callbacks:
+                        loss = callback.on_gradients_ready(self, loss)
+                except StopNow:
+                    # The iteration is abandoned before its update: the weights are still
+                    # those of iteration self.iter, and the data position goes back to match.
+                    self._forwards[0] = forwards
+                    self._requested_early_exit = True
+                    break
                 if not math.isfinite(loss):
                     raise self._non_finite_error(loss)
                 self._update_smoothed_loss(loss, start_iter)
@@ -312,7 +340,7 @@ class Solver:
         if resume:
             log.info("Restoring previous solver status from %s", resume)
             self.restore(resume)
-        self._signals = SignalHandler(self.sigint_effect, self.sighup_effect)
+        self._signals = SignalHandler(self.sigint_effect, self.sighup_effect, self.sigterm_effect)
         try:
             with self._signals:
                 start_iter = self.iter
@@ -347,6 +375,14 @@ class Solver:
 
     def _requested_action(self) -> str:
         return self._signals.requested_action() if self._signals is not None else NONE
+
+    def stop_requested(self) -> bool:
+        """Whether a signal received while training asks to stop (it stays pending)."""
+        return self._signals is not None and self._signals.stop_pending()
+
+    def add_callback(self, callback) -> None:
+        """Add a training callback (``on_start``, ``on_gradients_ready``; see the module docstring)."""
+        self._callbacks.append(callback)
 
     def _log_outputs(self, kind: str, net: Net, values: list[np.ndarray]) -> OrderedDict[str, float | list]:
         """Log ``    <kind> net output #i: name = v (* w = wv loss)`` per element, as Caffe."""
@@ -465,9 +501,14 @@ class Solver:
         return scores
 
     # ------------------------------------------------------------------ snapshots
-    def snapshot(self) -> str:
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path."""
+    def snapshot(self) -> str | None:
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path.
+
+        In data-parallel training only the root solver writes (the others return None).
+        """
         p = self.param
+        if not self.root_solver:
+            return None
         if not p.snapshot_prefix:
             raise SolverError("snapshot_prefix is not set: cannot snapshot", path=self.path)
         fmt_ = p.snapshot_format
@@ -485,8 +526,11 @@ class Solver:
         return state_path
 
     def _dlstate(self) -> dict:
+        # In data-parallel training each train forward reads one global batch (all ranks'
+        # chunks), so the count is in global batches and resumes on any number of ranks.
         return {"format": SIDECAR_FORMAT, "iter": self.iter, "random_state": dl_random.get_state(),
-                "batches": {"train": self._forwards[0], "test": self._forwards[1:]}}
+                "batches": {"train": self._forwards[0], "test": self._forwards[1:]},
+                "ranks": self.shard.size if self.shard else 1}
 
     def restore(self, path: str) -> None:
         """Continue from a ``.solverstate`` (ours or real Caffe's): weights, iteration, history.
@@ -583,7 +627,7 @@ def _field_line(path: str | None, field: str) -> int | None:
 @contextlib.contextmanager
 def handling_signals(solver: Solver):
     """``with handling_signals(solver): solver.step(n)`` acts on SIGINT/SIGHUP as ``solve`` does."""
-    solver._signals = SignalHandler(solver.sigint_effect, solver.sighup_effect)
+    solver._signals = SignalHandler(solver.sigint_effect, solver.sighup_effect, solver.sigterm_effect)
     try:
         with solver._signals:
             yield solver
