@@ -52,8 +52,12 @@ def has_mpi() -> bool:
 
 def has_nccl() -> bool:
     """pycaffe's ``has_nccl()``: whether cupy's NCCL binding is usable (multi-GPU training)."""
+    import warnings  # noqa: PLC0415
+
     try:
-        from cupy.cuda import nccl  # noqa: PLC0415
+        with warnings.catch_warnings():  # cupy warns when it finds no libnccl: the answer says so
+            warnings.simplefilter("ignore")
+            from cupy.cuda import nccl  # noqa: PLC0415
     except (ImportError, RuntimeError, OSError):
         return False
     return bool(getattr(nccl, "available", True)) and hasattr(nccl, "NcclCommunicator")
