@@ -192,6 +192,15 @@ class _EventRequest:
         return bool(self.event.done)
 
 
+def encode_nccl_id(unique_id) -> str:
+    """``nccl.get_unique_id()`` (a tuple of 128 signed chars) as hex, for a child's environment."""
+    return bytes(int(x) % 256 for x in unique_id).hex()
+
+
+def decode_nccl_id(text: str) -> tuple:
+    return tuple(b - 256 if b > 127 else b for b in bytes.fromhex(text))
+
+
 def device_pointer(buffer) -> int:
     """The address of a contiguous array (cupy's CUDA array interface, numpy's array interface)."""
     interface = getattr(buffer, "__cuda_array_interface__", None) or buffer.__array_interface__

@@ -38,6 +38,15 @@ def mpi_world(env=None) -> bool:
     return any(name in env for name in _MPI_MARKERS)
 
 
+def world_size(env=None) -> int | None:
+    """The number of ranks the launcher started, when its variables say (None: ask MPI)."""
+    env = os.environ if env is None else env
+    for name in _SIZE_VARIABLES:
+        if name in env:
+            return int(env[name])
+    return None
+
+
 def spawned_rank(env=None) -> tuple[int, int, int, str] | None:
     """``(rank, size, gpu, nccl_id_hex)`` when :func:`spawn_gpus` started this process."""
     env = os.environ if env is None else env

@@ -28,7 +28,7 @@ import numpy as np
 from ..data.shard import Shard
 from ..errors import DistributedError
 from . import launch
-from .comm import Communicator, MPICommunicator, NCCLCommunicator
+from .comm import Communicator, MPICommunicator, NCCLCommunicator, decode_nccl_id
 from .heartbeat import Heartbeat
 from .sync import DEFAULT_BUCKET_BYTES, GradientSync
 
@@ -58,7 +58,7 @@ class DataParallel:
         if spawned is not None:  # a child of `dlsoft train --gpu all`: NCCL, the parent watches
             rank, size, gpu, nccl_id = spawned
             self.device = f"gpu:{gpu}"
-            self.comm: Communicator = _nccl(rank, size, bytes.fromhex(nccl_id), gpu)
+            self.comm: Communicator = _nccl(rank, size, decode_nccl_id(nccl_id), gpu)
         else:
             self.mpi = MPICommunicator()
             if kind == "nccl":
@@ -135,6 +135,24 @@ class DataParallel:
             self.close()
 
 
+def wanted(distributed: str | None, env=None) -> str | None:
+    """The transport this process trains with: ``--distributed``, else what its launcher says, else None.
+
+    ``mpirun -n N`` with N > 1 means MPI; a child of ``dlsoft train --gpu all`` means NCCL;
+    ``--distributed none`` (or a 1-rank mpirun) trains as a single process.
+    """
+    env = os.environ if env is None else env
+    if distributed == "none":
+        return None
+    if distributed:
+        return distributed
+    if launch.spawned_rank(env) is not None:
+        return "nccl"
+    if launch.mpi_world(env) and launch.world_size(env) != 1:
+        return "mpi"
+    return None
+
+
 def _gpu_of(local: int, gpus: list[int] | None) -> int:
     if gpus:
         return gpus[local % len(gpus)]
@@ -165,3 +183,31 @@ def _train_batch(net) -> int | None:
         if getattr(layer, "shardable", False) and tops and tops[0].shape:
             return int(tops[0].shape[0])
     return None
+
+
+def train(kind: str, build, resume: str | None = None, *, random_seed: int = -1, report=None,
+          heartbeat_timeout: float | None = None, gpus: list[int] | None = None) -> None:
+    """Train as one rank of a ``kind`` job (what ``dlsoft train`` runs under mpirun or ``--gpu all``).
+
+    ``build(shard, device)`` makes the rank's :class:`~dlsoft.solver.Solver` (``device``
+    None: the caller's choice); ``report(solver)`` runs on rank 0 after training.
+    """
+    with DataParallel(kind, heartbeat_timeout=heartbeat_timeout, gpus=gpus) as dp:
+        dp.agree_on_seed(random_seed)
+        solver = build(dp.shard, dp.device)
+        dp.attach(solver)
+        with solver:
+            solver.solve(resume=resume)
+            if dp.root and report is not None:
+                report(solver)
+
+
+def spawn_for_gpus(gpus: list[int], argv: list[str]) -> int:
+    """``dlsoft train --gpu all``: run ``dlsoft ARGV`` once per GPU with NCCL between them; the exit status."""
+    from .comm import encode_nccl_id, has_nccl  # noqa: PLC0415
+
+    if not has_nccl():
+        raise DistributedError(f"training on GPUs {', '.join(map(str, gpus))} needs NCCL, which cupy cannot load "
+                               "here (pip install nvidia-nccl-cu13), or give one GPU (--gpu N)")
+    env = dict(os.environ, DLSOFT_SEED=str(int(np.random.default_rng().integers(2 ** 31))))
+    return launch.spawn_gpus(gpus, launch.self_command() + list(argv), encode_nccl_id(_nccl_unique_id()), env=env)
