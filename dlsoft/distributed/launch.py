@@ -76,7 +76,9 @@ def spawn_gpus(gpus: list[int], argv: list[str], nccl_id: str, env=None, grace: 
     for rank, gpu in enumerate(gpus):
         child_env = dict(base, DLSOFT_RANK=str(rank), DLSOFT_WORLD_SIZE=str(len(gpus)), DLSOFT_GPU=str(gpu),
                          DLSOFT_NCCL_ID=nccl_id)
-        children.append(subprocess.Popen(argv, env=child_env))
+        # A session of its own: a terminal's Ctrl-C reaches the parent only, which passes it
+        # on once (a second SIGINT would mean "interrupt at once" to the solver).
+        children.append(subprocess.Popen(argv, env=child_env, start_new_session=True))
     log.info("started %d ranks (pids %s) on GPUs %s", len(children), ", ".join(str(c.pid) for c in children),
              ", ".join(map(str, gpus)))
     interrupted: list[float] = []  # when the first Ctrl-C came

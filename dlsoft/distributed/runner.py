@@ -30,7 +30,7 @@ from ..errors import DistributedError
 from . import launch
 from .comm import Communicator, MPICommunicator, NCCLCommunicator, decode_nccl_id
 from .heartbeat import Heartbeat
-from .sync import DEFAULT_BUCKET_BYTES, GradientSync
+from .sync import GradientSync
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,14 @@ class DataParallel:
     """This process's place in a data-parallel job (see the module docstring)."""
 
     def __init__(self, kind: str = "mpi", *, heartbeat_timeout: float | None = None,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, gpus: list[int] | None = None):
+                 bucket_bytes: int | None = None, gpus: list[int] | None = None):
         if kind not in KINDS:
             raise DistributedError(f"--distributed must be one of {', '.join(KINDS)}, got {kind!r}")
         timeout = heartbeat_timeout if heartbeat_timeout is not None else \
             float(os.environ.get("DLSOFT_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT_S))
         self.kind = kind
+        if bucket_bytes is None and os.environ.get("DLSOFT_BUCKET_MIB"):
+            bucket_bytes = int(float(os.environ["DLSOFT_BUCKET_MIB"]) * 2 ** 20)
         self.bucket_bytes = bucket_bytes
         self.device: str | None = None
         self.mpi: MPICommunicator | None = None

@@ -3,7 +3,8 @@
 :class:`GradientSync` is a solver callback (see :mod:`dlsoft.solver.solver`). At set-up
 it orders the learnable blobs as backward completes them (the blob of the last layer
 first; a shared blob when its owner, the first layer using it, is done) and packs them
-into flat float32 *buckets* of about ``bucket_bytes``. A Net hook after each layer's
+into flat float32 *buckets* of about ``bucket_bytes`` (default: 1 MiB, or a sixteenth of
+the gradients when that is more; a blob is never split). A Net hook after each layer's
 backward (:meth:`Net.add_after_backward`) copies every bucket whose blobs are all final
 into its buffer and starts a non-blocking allreduce of it, so the sums travel while
 backward goes on for the layers below; the hook also polls the requests in flight,
@@ -32,7 +33,9 @@ from ..solver.signals import StopNow
 
 log = logging.getLogger(__name__)
 
+#: buckets of at least 1 MiB, and at most about MAX_BUCKETS of them (each costs latency)
 DEFAULT_BUCKET_BYTES = 1 << 20
+MAX_BUCKETS = 16
 
 
 class _Bucket:
@@ -47,7 +50,7 @@ class _Bucket:
 class GradientSync:
     """Averages ``solver.net``'s gradients over ``comm`` every iteration (a solver callback)."""
 
-    def __init__(self, comm, solver, bucket_bytes: int = DEFAULT_BUCKET_BYTES, heartbeat=None):
+    def __init__(self, comm, solver, bucket_bytes: int | None = None, heartbeat=None):
         self.comm = comm
         self.solver = solver
         self.net = net = solver.net
@@ -57,6 +60,9 @@ class GradientSync:
         owners = net.param_layers()
         # lr_mult 0 blobs (BatchNorm statistics, frozen layers) get no update: not summed.
         order = sorted((i for i, lr in enumerate(net.params_lr) if lr != 0), key=lambda i: -owners[i])
+        if bucket_bytes is None:  # 1 MiB, or 1/16 of the gradients: latency stays bounded on big nets
+            total = sum(net.learnable_params[i].count for i in order) * 4
+            bucket_bytes = max(DEFAULT_BUCKET_BYTES, total // MAX_BUCKETS)
         limit = max(int(bucket_bytes) // 4, 1)
         self.buckets: list[_Bucket] = []
         group: list[int] = []
