@@ -89,7 +89,7 @@ class FakeCuda:
         return FakeCuda.Stream()
 
 
-def make_solver(max_iter: int = 8, batch: int = 16) -> Solver:
+def make_solver(max_iter: int = 8, batch: int = 16, iter_size: int = 1) -> Solver:
     param = io.read_solver(HERE / "solver.prototxt")
     net = io.read_net(HERE / "net.prototxt")
     for layer in net.layer:
@@ -100,6 +100,7 @@ def make_solver(max_iter: int = 8, batch: int = 16) -> Solver:
     param.max_iter, param.snapshot, param.test_interval, param.display = max_iter, 0, 0, 0
     param.ClearField("test_iter")
     param.snapshot_after_train = False
+    param.iter_size = iter_size
     return Solver(param, metrics=False, progress_bar=False)
 
 
@@ -141,6 +142,48 @@ def test_buckets_follow_backward_order_and_skip_frozen_blobs():
     order = [j for b in sync.buckets for j in b.indices]
     assert 0 not in order and sorted(order) == list(range(1, len(owners)))
     assert [owners[j] for j in order] == sorted((owners[j] for j in order), reverse=True)
+
+
+def test_iter_size_sums_only_after_the_last_pass():
+    plain = make_solver(max_iter=4, iter_size=3)
+    plain.solve()
+    nccl = FakeNccl()
+    solver = make_solver(max_iter=4, iter_size=3)
+    sync = GradientSync(NCCLCommunicator(0, SIZE, b"id", nccl=nccl, cuda=FakeCuda), solver, bucket_bytes=16 << 10)
+    solver.solve()
+    for a, b in zip(plain.net.learnable_params, solver.net.learnable_params):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert sum(c[0] == "allReduce" for c in nccl.calls) == 4 * (len(sync.buckets) + 1)
+
+
+def test_stop_now_abandons_the_iteration_and_resumes_exactly(tmp_path):
+    """A callback's StopNow (a stop signal while waiting for the other ranks) keeps iteration k whole."""
+    from dlsoft.solver.signals import StopNow
+
+    class StopAt:
+        def on_start(self, solver):
+            pass
+
+        def on_gradients_ready(self, solver, loss):
+            if solver.iter == 5:
+                raise StopNow
+            return loss
+
+    def solver_at(prefix):
+        s = make_solver(max_iter=8)
+        s.param.snapshot_after_train, s.param.snapshot_prefix = True, str(tmp_path / prefix)
+        return s
+
+    whole = solver_at("whole")
+    whole.solve()
+    stopped = solver_at("stopped")
+    stopped.add_callback(StopAt())
+    stopped.solve()
+    assert stopped.iter == 5 and stopped.last_snapshot.endswith("stopped_iter_5.solverstate")
+    resumed = solver_at("resumed")
+    resumed.solve(resume=stopped.last_snapshot)
+    for a, b in zip(whole.net.learnable_params, resumed.net.learnable_params):
+        np.testing.assert_array_equal(a.data, b.data)
 
 
 class _Recorder:
