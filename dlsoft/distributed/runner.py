@@ -206,8 +206,16 @@ def train(kind: str, build, resume: str | None = None, *, random_seed: int = -1,
 
 def spawn_for_gpus(gpus: list[int], argv: list[str]) -> int:
     """``dlsoft train --gpu all``: run ``dlsoft ARGV`` once per GPU with NCCL between them; the exit status."""
+    from ..backend import gpu_count  # noqa: PLC0415
     from .comm import encode_nccl_id, has_nccl  # noqa: PLC0415
 
+    present = gpu_count()
+    missing = [g for g in gpus if g >= present]
+    if missing:
+        raise DistributedError(f"--gpu {','.join(map(str, gpus))}: GPU {missing[0]} is not present "
+                               f"({present} GPU(s) here{'' if present else '; install dlsoft[gpu] on a machine with NVIDIA GPUs'})")
+    if len(set(gpus)) != len(gpus):
+        raise DistributedError(f"--gpu {','.join(map(str, gpus))}: a GPU is listed twice (one rank per GPU)")
     if not has_nccl():
         raise DistributedError(f"training on GPUs {', '.join(map(str, gpus))} needs NCCL, which cupy cannot load "
                                "here (pip install nvidia-nccl-cu13), or give one GPU (--gpu N)")
