@@ -210,3 +210,17 @@ def test_gpu_launcher_names_the_lost_rank_and_stops_the_others(tmp_path):
     assert (tmp_path / "gpu0").read_text() == "4" and (tmp_path / "gpu2").read_text() == "6"
     left = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
     assert not left
+
+
+def test_resume_with_another_global_batch_finds_its_place_by_records(tmp_path):
+    """A snapshot at batch 16 (3 iterations: 48 records) resumed at batch 8 goes on at record 48."""
+    first = make_solver(max_iter=3, batch=16)
+    first.param.snapshot_after_train, first.param.snapshot_prefix = True, str(tmp_path / "b16")
+    first.solve()
+    resumed = make_solver(max_iter=3, batch=8)
+    resumed.restore(first.last_snapshot)
+    assert resumed._forwards[0] == 6
+    resumed.net.forward_prefilled()
+    from dlsoft.data import digits
+    _, labels = digits.load_digits("train")
+    np.testing.assert_array_equal(resumed.net.blobs["label"].data, labels[48:56])

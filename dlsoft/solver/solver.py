@@ -527,10 +527,22 @@ class Solver:
 
     def _dlstate(self) -> dict:
         # In data-parallel training each train forward reads one global batch (all ranks'
-        # chunks), so the count is in global batches and resumes on any number of ranks.
-        return {"format": SIDECAR_FORMAT, "iter": self.iter, "random_state": dl_random.get_state(),
-                "batches": {"train": self._forwards[0], "test": self._forwards[1:]},
-                "ranks": self.shard.size if self.shard else 1}
+        # chunks), so the count is in global batches and resumes on any number of ranks;
+        # the records they hold let a run with another global batch size find its place.
+        state = {"format": SIDECAR_FORMAT, "iter": self.iter, "random_state": dl_random.get_state(),
+                 "batches": {"train": self._forwards[0], "test": self._forwards[1:]},
+                 "ranks": self.shard.size if self.shard else 1}
+        global_batch = self._global_batch()
+        if global_batch:
+            state["train_records"] = self._forwards[0] * global_batch
+        return state
+
+    def _global_batch(self) -> int | None:
+        """Records one train forward reads over all ranks (the first sharded data layer's batch × ranks)."""
+        for layer, tops in zip(self.net.layers, self.net.top_ids):
+            if getattr(layer, "shardable", False) and tops and tops[0].shape:
+                return int(tops[0].shape[0]) * (self.shard.size if self.shard else 1)
+        return None
 
     def restore(self, path: str) -> None:
         """Continue from a ``.solverstate`` (ours or real Caffe's): weights, iteration, history.
@@ -562,6 +574,14 @@ class Solver:
         batches = sidecar.get("batches", {})
         nets = [self.net, *self.test_nets]
         targets = [batches.get("train", 0), *batches.get("test", [])]
+        records, global_batch = sidecar.get("train_records"), self._global_batch()
+        if records is not None and global_batch and records != targets[0] * global_batch:
+            # Another global batch size than the snapshot's (ranks × batch_size changed):
+            # place the data by records; exact only when the snapshot's position divides evenly.
+            if records % global_batch:
+                log.warning("the snapshot read %d training records, not a whole number of this run's global "
+                            "batches of %d: the data position is rounded down", records, global_batch)
+            targets[0] = records // global_batch
         for index, (net, target) in enumerate(zip(nets, targets)):
             self._fast_forward(index, net, int(target))
         dl_random.set_state(sidecar["random_state"])
