@@ -240,7 +240,8 @@ class NCCLCommunicator(Communicator):
     def _request(self) -> Request:
         event = self.cuda.Event(block=False, disable_timing=True)
         event.record(self.stream)
-        return _EventRequest(event)
+        self._last = _EventRequest(event)
+        return self._last
 
     def iallreduce(self, buffer) -> Request:
         self._after_compute()
@@ -273,5 +274,11 @@ class NCCLCommunicator(Communicator):
             os._exit(code)
 
     def close(self) -> None:
+        """Destroy the communicator; abort it if an operation is still pending (a wait given up
+        after a stop signal or a lost rank), since waiting for that would hang."""
+        last = getattr(self, "_last", None)
+        if last is not None and not last.test():
+            self.comm.abort()
+            return
         self.stream.synchronize()
         self.comm.destroy()

@@ -73,6 +73,37 @@ class Heartbeat:
     def silence(self, rank: int) -> float:
         return time.monotonic() - self.last_seen[rank]
 
+    def problem(self) -> str | None:
+        """Why the job cannot go on (a lost rank), or None."""
+        lost = self.lost()
+        if not lost:
+            return None
+        silent = max(self.silence(r) for r in lost)
+        return (f"lost rank {', '.join(map(str, lost))} (no heartbeat for {silent:.0f} s: the process died, "
+                "hung or its machine is unreachable)")
+
+
+class ParentWatch:
+    """For the children of ``dlsoft train --gpu all``: the launcher watches them, they watch it.
+
+    If the launcher itself dies, nobody would end a child waiting for a lost peer, so a
+    child whose parent is gone (it has been re-parented) gives up.
+    """
+
+    def __init__(self):
+        import os  # noqa: PLC0415
+
+        self._getppid = os.getppid
+        self.parent = os.getppid()
+
+    def problem(self) -> str | None:
+        if self._getppid() != self.parent:
+            return f"the launcher (pid {self.parent}) is gone"
+        return None
+
+    def close(self) -> None:
+        pass
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

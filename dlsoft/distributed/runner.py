@@ -29,7 +29,7 @@ from ..data.shard import Shard
 from ..errors import DistributedError
 from . import launch
 from .comm import Communicator, MPICommunicator, NCCLCommunicator, decode_nccl_id
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, ParentWatch
 from .sync import GradientSync
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class DataParallel:
         self.bucket_bytes = bucket_bytes
         self.device: str | None = None
         self.mpi: MPICommunicator | None = None
-        self.heartbeat: Heartbeat | None = None
+        self.heartbeat: Heartbeat | ParentWatch | None = None
         self.sync: GradientSync | None = None
         self._failed_code: int | None = None
         spawned = launch.spawned_rank()
@@ -61,6 +61,7 @@ class DataParallel:
             rank, size, gpu, nccl_id = spawned
             self.device = f"gpu:{gpu}"
             self.comm: Communicator = _nccl(rank, size, decode_nccl_id(nccl_id), gpu)
+            self.heartbeat = ParentWatch()
         else:
             self.mpi = MPICommunicator()
             if kind == "nccl":

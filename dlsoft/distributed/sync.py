@@ -166,19 +166,17 @@ class GradientSync:
 
     # ---- the watchdog -------------------------------------------------------------------------
     def check(self) -> None:
-        """Called between polls of a wait: stop on a signal, fail on a lost rank."""
+        """Called between polls of a wait: stop on a signal, fail on a lost rank.
+
+        ``heartbeat`` is anything with ``problem() -> str | None`` (:mod:`.heartbeat`).
+        """
         if self.solver.stop_requested():
             raise StopNow
-        if self.heartbeat is not None:
-            lost = self.heartbeat.lost()
-            if lost:
-                names = ", ".join(str(r) for r in lost)
-                silent = max(self.heartbeat.silence(r) for r in lost)
-                kept = self.solver.last_snapshot or "none written by this run"
-                raise DistributedError(
-                    f"rank {self.comm.rank} of {self.comm.size}: lost rank {names} (no heartbeat for "
-                    f"{silent:.0f} s: the process died, hung or its machine is unreachable); stopping "
-                    f"all ranks at iteration {self.solver.iter}; last snapshot: {kept}")
+        problem = self.heartbeat.problem() if self.heartbeat is not None else None
+        if problem:
+            kept = self.solver.last_snapshot or "none written by this rank"
+            raise DistributedError(f"rank {self.comm.rank} of {self.comm.size}: {problem}; stopping all ranks "
+                                   f"at iteration {self.solver.iter}; last snapshot: {kept}")
 
     def report(self) -> str:
         s = self.stats
