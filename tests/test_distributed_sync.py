@@ -224,3 +224,28 @@ def test_resume_with_another_global_batch_finds_its_place_by_records(tmp_path):
     from dlsoft.data import digits
     _, labels = digits.load_digits("train")
     np.testing.assert_array_equal(resumed.net.blobs["label"].data, labels[48:56])
+
+
+def test_nccl_close_aborts_when_an_operation_is_pending():
+    class PendingCuda(FakeCuda):
+        class Event(FakeCuda.Event):
+            done = False
+
+    nccl = FakeNccl()
+    comm = NCCLCommunicator(1, 2, b"id", nccl=nccl, cuda=PendingCuda)
+    comm.iallreduce(np.zeros(3, dtype=np.float32))
+    comm.close()  # a wait was given up (stop signal, lost peer): destroy would wait for ever
+    assert nccl.calls[-1] == ("abort",)
+    done = NCCLCommunicator(1, 2, b"id", nccl=nccl, cuda=FakeCuda)
+    done.iallreduce(np.zeros(3, dtype=np.float32))
+    done.close()
+    assert nccl.calls[-1] == ("destroy",)
+
+
+def test_a_spawned_rank_gives_up_when_its_launcher_is_gone():
+    from dlsoft.distributed.heartbeat import ParentWatch
+
+    watch = ParentWatch()
+    assert watch.problem() is None
+    watch._getppid = lambda: 1
+    assert watch.problem() == f"the launcher (pid {watch.parent}) is gone"
