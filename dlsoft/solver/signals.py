@@ -9,6 +9,7 @@ SIGINT does, and a callback may stop an iteration midway with :class:`StopNow`.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Self
@@ -85,3 +86,14 @@ class SignalHandler:
     def stop_pending(self) -> bool:
         """Whether a received signal asks to stop (without consuming it)."""
         return any(self.effects.get(signum) == STOP for signum in self._pending)
+
+
+@contextlib.contextmanager
+def handling_signals(solver):
+    """``with handling_signals(solver): solver.step(n)`` acts on SIGINT/SIGHUP as ``solve`` does."""
+    solver._signals = SignalHandler(solver.sigint_effect, solver.sighup_effect, solver.sigterm_effect)
+    try:
+        with solver._signals:
+            yield solver
+    finally:
+        solver._signals = None

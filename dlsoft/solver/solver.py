@@ -17,16 +17,13 @@ The solver only runs ``forward_backward``: it never writes input blobs, so a use
 fill ``solver.net.blobs["data"].data`` by hand before each ``step(1)``, as with pycaffe.
 
 Data-parallel training (:mod:`dlsoft.distributed`) plugs in with ``shard`` (this rank's
-share of the train data; only rank 0, the *root solver*, builds test nets, logs, tests
-and snapshots) and :meth:`Solver.add_callback` (Caffe's ``Solver::Callback``): an object
-with ``on_start(solver)``, called at the start of every ``step``, and
-``on_gradients_ready(solver, loss) -> loss``, called once per iteration after the
-forward/backward passes and before the update; it may average the gradients in place
-and return the loss all ranks agree on, or raise :class:`~.signals.StopNow`.
+share of the train data; only rank 0, the root solver, tests, logs and snapshots) and
+:meth:`Solver.add_callback` (Caffe's ``Solver::Callback``): ``on_start(solver)`` at each
+``step``, ``on_gradients_ready(solver, loss) -> loss`` after each iteration's passes, before
+the update (average the diffs in place, return the agreed loss, or raise ``StopNow``).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -66,8 +63,7 @@ class Solver:
     a list) are caffemodels to fine-tune from, added to the file's ``weights``. ``metrics``
     is the JSON-lines metrics file (default ``<snapshot_prefix>_metrics.jsonl``; False for
     none). ``progress_bar`` None shows a bar only when stderr is a terminal. ``shard``
-    (a :class:`~dlsoft.data.shard.Shard`) makes this the solver of one rank in
-    data-parallel training (see the module docstring).
+    (a :class:`~dlsoft.data.shard.Shard`): one rank's solver in data-parallel training.
 
     Net paths in the solver file are used as written (relative to the working directory,
     as Caffe does) and, when no such file exists, relative to the solver file's folder.
@@ -109,6 +105,7 @@ class Solver:
 
         self.iter = 0
         self.rule = RULES[p.type](p, self.net.learnable_params)
+        self._decay_scratch: dict = {}  # weight decay's work buffers, by learnable-blob index
         self._lr_policy = LearningRate(p)
         self._lr = self._lr_policy.peek(0)
         self._losses: list[float] = []
@@ -298,8 +295,7 @@ class Solver:
                     for callback in self._callbacks:
                         loss = callback.on_gradients_ready(self, loss)
                 except StopNow:
-                    # The iteration is abandoned before its update: the weights are still
-                    # those of iteration self.iter, and the data position goes back to match.
+                    # Abandoned before its update: weights of self.iter, data position to match.
                     self._forwards[0] = forwards
                     self._requested_early_exit = True
                     break
@@ -397,32 +393,48 @@ class Solver:
         return report
 
     def apply_update(self, params=None, display: bool = False) -> float:
-        """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``)."""
-        p = self.param
+        """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``):
+        clip, then per blob :meth:`normalize`, :meth:`regularize`, :meth:`compute_update`."""
         params = self.net.learnable_params if params is None else params
         rate = self._lr_policy(self.iter)
         self._lr = rate
         if display:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self._clip_gradients(params)
-        decay_l1 = p.regularization_type == "L1"
         for i, blob in enumerate(params):
-            diff = blob.diff
-            if p.iter_size > 1:
-                diff *= np.float32(1.0 / p.iter_size)
-            decay = np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[i])
-            if decay:
-                scratch = self.rule.scratch[i][0]
-                if decay_l1:
-                    blob.xp.sign(blob.data, out=scratch)
-                    scratch *= decay
-                else:
-                    blob.xp.multiply(blob.data, decay, out=scratch)
-                diff += scratch
-            self.rule.compute(i, float(np.float32(rate) * np.float32(self.net.params_lr[i])), self.iter)
+            self.normalize(i, blob)
+            self.regularize(i, blob)
+            self.compute_update(i, rate)
         for blob in params:  # Net::Update
             blob.data -= blob.diff
         return rate
+
+    def normalize(self, index: int, blob) -> None:
+        """Divide the accumulated gradient by ``iter_size`` (``SGDSolver::Normalize``)."""
+        if self.param.iter_size > 1:
+            blob.diff *= np.float32(1.0 / self.param.iter_size)
+
+    def regularize(self, index: int, blob) -> None:
+        """Add weight decay to the gradient (``SGDSolver::Regularize``): L2 ``wd*decay_mult*w``,
+        L1 ``wd*decay_mult*sign(w)``, computed in the solver's own scratch buffer."""
+        decay = np.float32(self.param.weight_decay) * np.float32(self.net.params_weight_decay[index])
+        if not decay:
+            return
+        scratch = self._decay_scratch.get(index)
+        if scratch is None or scratch.shape != blob.shape:
+            with blob.device.activate():
+                scratch = self._decay_scratch[index] = blob.xp.empty(blob.shape, np.float32)
+        if self.param.regularization_type == "L1":
+            blob.xp.sign(blob.data, out=scratch)
+            scratch *= decay
+        else:
+            blob.xp.multiply(blob.data, decay, out=scratch)
+        blob.diff += scratch
+
+    def compute_update(self, index: int, rate: float) -> None:
+        """The update rule turns the gradient into the update (``ComputeUpdateValue``),
+        with the rate times the blob's ``lr_mult``."""
+        self.rule.compute(index, float(np.float32(rate) * np.float32(self.net.params_lr[index])), self.iter)
 
     def _clip_gradients(self, params) -> None:
         clip = self.param.clip_gradients
@@ -502,10 +514,8 @@ class Solver:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> str | None:
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path.
-
-        In data-parallel training only the root solver writes (the others return None).
-        """
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path
+        (None on the ranks other than 0 in data-parallel training: only the root solver writes)."""
         p = self.param
         if not self.root_solver:
             return None
@@ -526,23 +536,9 @@ class Solver:
         return state_path
 
     def _dlstate(self) -> dict:
-        # In data-parallel training each train forward reads one global batch (all ranks'
-        # chunks), so the count is in global batches and resumes on any number of ranks;
-        # the records they hold let a run with another global batch size find its place.
-        state = {"format": SIDECAR_FORMAT, "iter": self.iter, "random_state": dl_random.get_state(),
-                 "batches": {"train": self._forwards[0], "test": self._forwards[1:]},
-                 "ranks": self.shard.size if self.shard else 1}
-        global_batch = self._global_batch()
-        if global_batch:
-            state["train_records"] = self._forwards[0] * global_batch
-        return state
-
-    def _global_batch(self) -> int | None:
-        """Records one train forward reads over all ranks (the first sharded data layer's batch × ranks)."""
-        for layer, tops in zip(self.net.layers, self.net.top_ids):
-            if getattr(layer, "shardable", False) and tops and tops[0].shape:
-                return int(tops[0].shape[0]) * (self.shard.size if self.shard else 1)
-        return None
+        ranks = self.shard.size if self.shard else 1
+        return {"format": SIDECAR_FORMAT, "iter": self.iter, "random_state": dl_random.get_state(),
+                **snap.data_position(self._forwards, ranks, snap.global_batch(self.net, ranks))}
 
     def restore(self, path: str) -> None:
         """Continue from a ``.solverstate`` (ours or real Caffe's): weights, iteration, history.
@@ -571,39 +567,18 @@ class Solver:
         if sidecar is None:
             log.info("no dlsoft state beside %s: data order and random state start afresh (as in Caffe)", path)
             return
-        batches = sidecar.get("batches", {})
+        ranks = self.shard.size if self.shard else 1
         nets = [self.net, *self.test_nets]
-        targets = [batches.get("train", 0), *batches.get("test", [])]
-        records, global_batch = sidecar.get("train_records"), self._global_batch()
-        if records is not None and global_batch and records != targets[0] * global_batch:
-            # Another global batch size than the snapshot's (ranks × batch_size changed):
-            # place the data by records; exact only when the snapshot's position divides evenly.
-            if records % global_batch:
-                log.warning("the snapshot read %d training records, not a whole number of this run's global "
-                            "batches of %d: the data position is rounded down", records, global_batch)
-            targets[0] = records // global_batch
+        targets = [snap.train_batches(sidecar, snap.global_batch(self.net, ranks)),
+                   *sidecar.get("batches", {}).get("test", [])]
         for index, (net, target) in enumerate(zip(nets, targets)):
             self._fast_forward(index, net, int(target))
         dl_random.set_state(sidecar["random_state"])
 
     def _fast_forward(self, index: int, net: Net, target: int) -> None:
         """Advance ``net``'s data layers to ``target`` batches delivered (by reading and dropping)."""
-        done = self._forwards[index]
-        if target < done:
-            log.warning("net #%d already read %d batches, the snapshot %d: data order not restored", index, done, target)
-            return
-        layers = [(layer, tops) for layer, tops in zip(net.layers, net.top_ids)
-                  if getattr(layer, "prefetcher", None) is not None]
-        if layers and target > done:
-            log.info("Restoring the data position of net #%d: skipping %d batches", index, target - done)
-        for layer, tops in layers:
-            skip = getattr(layer, "skip_batches", None)
-            if skip is not None:
-                skip(target - done)
-            else:
-                for _ in range(target - done):
-                    layer.forward([], tops)
-        self._forwards[index] = target
+        snap.fast_forward(net, index, self._forwards[index], target)
+        self._forwards[index] = max(target, self._forwards[index])
 
     def close(self) -> None:
         """Stop the nets' prefetch threads."""
@@ -642,14 +617,3 @@ def _field_line(path: str | None, field: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-@contextlib.contextmanager
-def handling_signals(solver: Solver):
-    """``with handling_signals(solver): solver.step(n)`` acts on SIGINT/SIGHUP as ``solve`` does."""
-    solver._signals = SignalHandler(solver.sigint_effect, solver.sighup_effect, solver.sigterm_effect)
-    try:
-        with solver._signals:
-            yield solver
-    finally:
-        solver._signals = None
