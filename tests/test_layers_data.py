@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from gradcheck import make_layer, run_layer
 
+from dlsoft import random as dl_random
 from dlsoft.blob import Blob
 from dlsoft.data.lmdb_io import LMDBWriter, array_to_datum
 from dlsoft.errors import DataError, DlsoftError
@@ -244,11 +245,12 @@ def test_gpu_matches_cpu(text):
     """The GPU path (pinned staging, copy stream, consumed events) gives the CPU batches."""
     cpu, _, cpu_tops = run_layer(text, [], device="cpu", num_tops=2)
     gpu, _, gpu_tops = run_layer(text, [], device="gpu", num_tops=2)
-    for _ in range(6):  # more batches than prefetch slots: the slots are reused
+    for step in range(6):  # more batches than prefetch slots: the slots are reused
         for c, g in zip(cpu_tops, gpu_tops):
             np.testing.assert_allclose(g.data.get(), c.data, rtol=1e-6)
-        cpu.forward([], cpu_tops)
-        gpu.forward([], gpu_tops)
+        for layer, tops in ((cpu, cpu_tops), (gpu, gpu_tops)):
+            dl_random.set_seed(step)  # DummyData redraws from the process generator: the same draws for both
+            layer.forward([], tops)
     cpu.close()
     gpu.close()
 
