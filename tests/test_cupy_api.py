@@ -15,6 +15,7 @@ import inspect
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dlsoft.layers import layer_class, registered_types
@@ -41,3 +42,71 @@ def test_every_registered_layer_has_a_gpu_case():
     text = gpu_test_texts().replace('\\"', '"')
     missing = [t for t in registered_types() if not re.search(rf'type: "{t}"|["\']{t}["\']', text)]
     assert not missing, f"layers whose GPU methods no gpu test (and so no cupy_api run) exercises: {missing}"
+
+
+def kernel_specs():
+    """(layer type, direction, spec) of every ElementwiseKernel spec a registered layer declares."""
+    specs = []
+    for type_name in registered_types():
+        cls = layer_class(type_name)
+        for attribute in sorted(dir(cls)):
+            spec = getattr(cls, attribute, None)
+            if attribute.endswith("_kernel") and isinstance(spec, tuple) and len(spec) == 3 \
+                    and all(isinstance(s, str) for s in spec):
+                specs.append((type_name, attribute[:-len("_kernel")], spec))
+    return specs
+
+
+def test_elementwise_bodies_are_one_line_expressions():
+    specs = kernel_specs()
+    assert len(specs) >= 20
+    long = [f"{t}.{d}: {body!r}" for t, d, (_, _, body) in specs
+            if "\n" in body or re.search(r"\b(for|while|if)\s*\(|[{}]", body)]
+    assert not long, f"ElementwiseKernel bodies must stay one-line expressions: {long}"
+
+
+NEURON_INPUT = np.random.default_rng(3).uniform(0.1, 2.0, (2, 3, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("type_name", sorted({t for t, _, _ in kernel_specs()}))
+def test_every_elementwise_body_runs_and_matches_its_numpy_twin(type_name):
+    """Each layer with ElementwiseKernels launches every one of them on the cupy stand-in
+    (the C body compiled and run on the CPU) and agrees with its numpy code."""
+    from gradcheck import compare_devices
+    from kernel_emulation import fakecupy
+    expected = {f"dl_{type_name.lower()}_{d}" for t, d, _ in kernel_specs() if t == type_name}
+    text = f'type: "{type_name}"'
+    x = NEURON_INPUT * np.where(np.arange(NEURON_INPUT.size).reshape(NEURON_INPUT.shape) % 3, 1, -1)
+    if type_name in ("Log", "Power"):
+        x = NEURON_INPUT  # log of negative numbers / fractional powers of them are NaN on both sides
+    with fakecupy.installed():
+        start = len(fakecupy.LAUNCHES)
+        compare_devices(text, [x], rtol=1e-5, atol=1e-6)
+        launched = {name for name, _, _ in fakecupy.LAUNCHES[start:]}
+    assert expected <= launched, f"{type_name}: never launched {sorted(expected - launched)}"
+
+
+def test_one_lenet_training_iteration_syncs_only_for_the_loss():
+    """Host synchronisation of LeNet training on the GPU: the summed loss once per iteration
+    (the solver's NaN guard and smoothed display need it on the host), plus one copy per
+    train-net output on a display iteration. Nothing else leaves the device."""
+    from kernel_emulation import fakecupy
+
+    from dlsoft.netdef.io import read_solver
+    from dlsoft.solver.solver import Solver
+
+    root = TESTS.parent
+    param = read_solver(root / "examples/mnist/lenet_solver.prototxt")
+    param.net = str(root / param.net)
+    param.display, param.test_interval, param.snapshot, param.test_initialization = 2, 10_000, 0, False
+    param.snapshot_prefix = ""
+    with fakecupy.installed():
+        with Solver(param, device="gpu", metrics=False, progress_bar=False) as solver:
+            fakecupy.TRANSFERS.reset()
+            solver.step(1)  # iteration 0: displayed
+            displayed = (fakecupy.TRANSFERS.count, fakecupy.TRANSFERS.summary())
+            fakecupy.TRANSFERS.reset()
+            solver.step(1)  # iteration 1: not displayed
+            plain = (fakecupy.TRANSFERS.count, fakecupy.TRANSFERS.summary())
+    assert plain[0] == 1 and "net.py" in plain[1], f"a training iteration made {plain[0]} transfers: {plain[1]}"
+    assert displayed[0] == 2, f"a displayed iteration made {displayed[0]} transfers: {displayed[1]}"
