@@ -48,11 +48,11 @@ def gpu_backend(request):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    """A cupy_api run that fails inside a layer names the layer and its method."""
+    """A cupy_api or kernels run that fails inside a layer names the layer and its method."""
     try:
         return (yield)
     except (AttributeError, TypeError, ValueError) as exc:
-        if "cupy_api" not in item.keywords:
+        if "cupy_api" not in item.keywords and "kernels" not in item.keywords:
             raise
         from kernel_emulation.report import layer_in_traceback
         raise AssertionError(f"{layer_in_traceback(exc.__traceback__)}: {type(exc).__name__}: {exc}") from exc

@@ -26,10 +26,13 @@ TESTS = Path(__file__).resolve().parent
 
 
 def gpu_test_texts() -> str:
-    """The source and parameters of every gpu test of the layer test modules, as one text."""
+    """The source and parameters of every gpu test of the layer test modules, as one text,
+    plus the types a module declares in ``GPU_COVERS`` (those its gpu tests reach through
+    helpers that build the layer text)."""
     parts = []
     for path in sorted(TESTS.glob("test_layers_*.py")):
         module = importlib.import_module(path.stem)
+        parts += [f'type: "{name}"' for name in getattr(module, "GPU_COVERS", ())]
         for name, function in vars(module).items():
             marks = getattr(function, "pytestmark", [])
             if callable(function) and name.startswith("test") and any(m.name == "gpu" for m in marks):
