@@ -1,6 +1,7 @@
 """Shared fixtures: where the reference Caffe files are, and GPU availability."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def gpu_backend(request):
     if getattr(request, "param", None) != "cupy_api":
         yield None
         return
+    if shutil.which("g++") is None:
+        pytest.skip("no g++: the cupy_api runs compile the CUDA kernels as C++")
     fakecupy = pytest.importorskip("kernel_emulation.fakecupy", reason="cupy is not installed (its API lists)")
     with fakecupy.installed() as module:
         yield module

@@ -11,6 +11,8 @@ launch; ``test_every_kernel_source_has_a_case`` fails for a source no case launc
 """
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from gradcheck import compare_devices, layer_param, run_layer
@@ -18,7 +20,8 @@ from gradcheck import compare_devices, layer_param, run_layer
 pytest.importorskip("cupy")  # for its API lists only
 from kernel_emulation import EmulatedKernel, KernelArgumentError, fakecupy  # noqa: E402
 
-pytestmark = pytest.mark.kernels
+pytestmark = [pytest.mark.kernels,
+              pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to compile the kernels as C++")]
 
 
 def normal(shape, seed=0):
@@ -111,9 +114,9 @@ def test_kernels_match_the_numpy_path(text, bottoms, options, kernels):
 
 
 def kernel_sources() -> dict[str, str]:
-    """Every RawKernel source of the layer modules, by kernel name."""
-    from test_cuda_sources import all_sources
-    return {key.split(".", 1)[1]: source for key, source in all_sources().items()}
+    """Every RawKernel source, by kernel name: the registry of ``dlsoft.layers.kernels``."""
+    from dlsoft.layers import kernels
+    return dict(kernels.SOURCES)
 
 
 def test_every_kernel_source_has_a_case():
