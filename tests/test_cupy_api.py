@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,10 @@ def test_elementwise_bodies_are_one_line_expressions():
 NEURON_INPUT = np.random.default_rng(3).uniform(0.1, 2.0, (2, 3, 4)).astype(np.float32)
 
 
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to compile the kernels as C++")
+
+
+@needs_gxx
 @pytest.mark.parametrize("type_name", sorted({t for t, _, _ in kernel_specs()}))
 def test_every_elementwise_body_runs_and_matches_its_numpy_twin(type_name):
     """Each layer with ElementwiseKernels launches every one of them on the cupy stand-in
@@ -89,6 +94,7 @@ def test_every_elementwise_body_runs_and_matches_its_numpy_twin(type_name):
     assert expected <= launched, f"{type_name}: never launched {sorted(expected - launched)}"
 
 
+@needs_gxx
 def test_one_lenet_training_iteration_syncs_only_for_the_loss():
     """Host synchronisation of LeNet training on the GPU: the summed loss once per iteration
     (the solver's NaN guard and smoothed display need it on the host), plus one copy per

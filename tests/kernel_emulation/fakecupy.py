@@ -150,6 +150,10 @@ def _unwrap(value, where: str, host_ok: bool = False):
     return value
 
 
+#: Functions whose output size depends on the data: cupy synchronises to learn it.
+_SIZE_FROM_DATA = {"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract"}
+
+
 class _Function:
     """A cupy function: cupy's signature, numpy's implementation, device arrays in and out."""
 
@@ -160,6 +164,8 @@ class _Function:
 
     def __call__(self, *args, **kwargs):
         _check_call(self.qualname, self._signature, args, kwargs)
+        if self.__name__ in _SIZE_FROM_DATA:
+            TRANSFERS.record(f"{self.qualname}()")  # the output's size is read back from the device
         return _wrap(self._numpy(*_unwrap(args, self.qualname, self._host_ok),
                                  **_unwrap(kwargs, self.qualname, self._host_ok)))
 
@@ -188,7 +194,8 @@ class _Ufunc(_Function):
 # ---- the array -------------------------------------------------------------------------------
 
 _NDARRAY_NAMES = frozenset(dir(_real_cupy.ndarray))
-_SYNCING = {"get", "item", "tolist", "tobytes", "tofile", "dump", "dumps"}
+#: Methods that return host data (and so wait for the device).
+_HOST_RESULT = {"item", "tolist", "tobytes", "tofile", "dump", "dumps"}
 
 
 class ndarray:
@@ -209,6 +216,10 @@ class ndarray:
             return self._set
         if name == "device":
             return _Device(0)
+        if name == "flags":
+            flags = self._a.flags
+            return types.SimpleNamespace(c_contiguous=flags.c_contiguous, f_contiguous=flags.f_contiguous,
+                                         owndata=flags.owndata)
         if name in ("data", "cstruct", "mdspan", "reduced_view", "toDlpack", "scatter_max", "scatter_min"):
             raise CupyAPIError(f"cupy.ndarray.{name} is not emulated (it means device memory)")
         if name == "scatter_add":
@@ -218,15 +229,15 @@ class ndarray:
         if not callable(value):
             return _wrap(value) if isinstance(value, np.ndarray) else value
         signature = _signature(getattr(_real_cupy.ndarray, name))
-        if name in _SYNCING:
-            TRANSFERS.record(f".{name}()")
 
         def method(*args, **kwargs):
             _check_call(f"cupy.ndarray.{name}", signature, (self, *args), kwargs)
+            if name in _HOST_RESULT or name in _SIZE_FROM_DATA:
+                TRANSFERS.record(f".{name}()")
             result = value(*_unwrap(args, f"cupy.ndarray.{name}"), **_unwrap(kwargs, f"cupy.ndarray.{name}"))
             if result is self._a:
                 return self
-            return _wrap(result) if name not in _SYNCING else result
+            return result if name in _HOST_RESULT else _wrap(result)
         return method
 
     def __setattr__(self, name, value):
@@ -288,6 +299,8 @@ class ndarray:
         return (self[i] for i in range(len(self._a)))
 
     def __getitem__(self, key):
+        if any(isinstance(k, ndarray) and k._a.dtype == np.bool_ for k in (key if isinstance(key, tuple) else (key,))):
+            TRANSFERS.record("boolean-mask index")  # cupy reads the mask's count back to size the result
         key = _unwrap(key, "cupy.ndarray.__getitem__", host_ok=True)
         result = self._a[key]
         if not isinstance(result, np.ndarray):  # cupy gives a 0-d view, numpy a scalar
