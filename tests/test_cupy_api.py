@@ -119,3 +119,59 @@ def test_one_lenet_training_iteration_syncs_only_for_the_loss():
             plain = (fakecupy.TRANSFERS.count, fakecupy.TRANSFERS.summary())
     assert plain[0] == 1 and "net.py" in plain[1], f"a training iteration made {plain[0]} transfers: {plain[1]}"
     assert displayed[0] == 2, f"a displayed iteration made {displayed[0]} transfers: {displayed[1]}"
+
+
+# ---- the stand-in itself: it refuses what cupy refuses ------------------------------------------
+
+def test_the_stand_in_refuses_what_cupy_refuses():
+    from kernel_emulation import fakecupy
+    with fakecupy.installed() as cp:
+        a = cp.zeros((2, 3), dtype=np.float32)
+        assert not isinstance(a, np.ndarray) and isinstance(a.sum(), cp.ndarray)  # 0-d device array
+        with pytest.raises(fakecupy.CupyAPIError, match="does not exist in cupy"):
+            cp.errstate  # noqa: B018 - numpy has it, cupy does not
+        with pytest.raises(fakecupy.CupyAPIError, match="unexpected keyword argument 'initial'"):
+            cp.amax(a, initial=0)
+        with pytest.raises(fakecupy.CupyAPIError, match="numpy array"):
+            a + np.ones(3, np.float32)
+        with pytest.raises(TypeError, match="Implicit conversion"):
+            np.asarray(a)
+        with pytest.raises(fakecupy.CupyAPIError, match="no object arrays"):
+            cp.array([None, 1])
+        with pytest.raises(fakecupy.CupyAPIError, match="has no attribute 'ctypes'"):
+            a.ctypes  # noqa: B018
+        np.multiply(a, 2, out=a)  # numpy functions dispatch to cupy's, as cupy's __array_ufunc__ does
+        cp.add.at(a, (0, 1), 1.0)  # np.add.at's cupy spelling
+        fakecupy.TRANSFERS.reset()
+        float(a[0, 1]), a.get(), a[a > 0]  # noqa: B018
+        assert [kind for kind, _ in fakecupy.TRANSFERS.events] == ["float()", ".get()", "boolean-mask index"]
+
+
+def test_a_layer_calling_what_cupy_lacks_fails_with_the_layer_and_the_call_named():
+    from gradcheck import layer_param
+    from kernel_emulation import fakecupy
+    from kernel_emulation.report import layer_in_traceback
+
+    from dlsoft.backend import Device
+    from dlsoft.blob import Blob
+    from dlsoft.layers.base import Layer
+
+    class HostHabitLayer(Layer):
+        type = "HostHabit"
+
+        def reshape(self, bottoms, tops):
+            tops[0].reshape(bottoms[0].shape)
+
+        def forward_cpu(self, bottoms, tops):
+            with self.xp.errstate(divide="ignore"):
+                self.xp.divide(1, bottoms[0].data, out=tops[0].data)
+
+    with fakecupy.installed():
+        gpu = Device("gpu", 0)
+        layer = HostHabitLayer(layer_param('name: "habit" type: "HostHabit"'), device=gpu)
+        bottom, top = Blob((2,), gpu), Blob((), gpu)
+        layer.reshape([bottom], [top])
+        with pytest.raises(fakecupy.CupyAPIError, match=r"cupy\.errstate does not exist") as caught:
+            layer.forward([bottom], [top])
+    assert layer_in_traceback(caught.value.__traceback__) == \
+        "layer 'habit' (type HostHabit, HostHabitLayer.forward_cpu)"
