@@ -69,6 +69,13 @@ class PoolingLayer(Layer):
         if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil_mode = p.round_mode == p.CEIL
+        # The ceil_mode forks' flag says the same thing with the opposite sense
+        # (ceil_mode: false == round_mode: FLOOR); both given must agree.
+        if p.HasField("ceil_mode"):
+            if p.HasField("round_mode") and p.ceil_mode != self.ceil_mode:
+                raise self.error(f"ceil_mode: {str(p.ceil_mode).lower()} contradicts round_mode: "
+                                 f"{p.RoundMode.Name(p.round_mode)}; give one of them")
+            self.ceil_mode = p.ceil_mode
 
     def reshape(self, bottoms, tops):
         if bottoms[0].num_axes != 4:

@@ -9,6 +9,7 @@ ParamSpec, then work out which layers need backward.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -365,7 +366,10 @@ class Net:
         if path.endswith((".h5", ".hdf5")):
             self._copy_from_hdf5(path)
             return
-        source = io.read_net(path)
+        with warnings.catch_warnings():
+            # Only names and blobs are read here: a layer's fork-ambiguous settings do not matter.
+            warnings.simplefilter("ignore", io.FileFormatWarning)
+            source = io.read_net(path)
         for layer_param in source.layer:
             target = self.layer_dict.get(layer_param.name)
             if target is None or not layer_param.blobs:
