@@ -75,11 +75,38 @@ NEURON_INPUT = np.random.default_rng(3).uniform(0.1, 2.0, (2, 3, 4)).astype(np.f
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to compile the kernels as C++")
 
 
+def _run_in_place(text, x, w, device):
+    """Forward and backward with the top *being* the bottom blob (Caffe's in-place use)."""
+    from gradcheck import make_layer
+
+    from dlsoft import random as dl_random
+    from dlsoft.backend import parse_device, to_numpy
+    from dlsoft.blob import Blob
+    device = parse_device(device)
+    dl_random.set_seed(1701)
+    layer = make_layer(text, device=device)
+    blob = Blob(x.shape, device, name="x")
+    blob.data[...] = device.xp.asarray(x)
+    layer.setup([blob], [blob])
+    layer.reshape([blob], [blob])
+    layer.param_propagate_down = [True] * len(layer.blobs)
+    for param in layer.blobs:
+        param.diff[...] = 0
+    layer.forward([blob], [blob])
+    y = to_numpy(blob.data).copy()
+    if layer.forward_only:
+        return [y]
+    blob.diff[...] = device.xp.asarray(w)
+    layer.backward([blob], [True], [blob])
+    return [y, to_numpy(blob.diff).copy(), *[to_numpy(p.diff).copy() for p in layer.blobs]]
+
+
 @needs_gxx
 @pytest.mark.parametrize("type_name", sorted({t for t, _, _ in kernel_specs()}))
 def test_every_elementwise_body_runs_and_matches_its_numpy_twin(type_name):
     """Each layer with ElementwiseKernels launches every one of them on the cupy stand-in
-    (the C body compiled and run on the CPU) and agrees with its numpy code."""
+    (the C body compiled and run on the CPU) and agrees with its numpy code, with separate
+    blobs and in place."""
     from gradcheck import compare_devices
     from kernel_emulation import fakecupy
     expected = {f"dl_{type_name.lower()}_{d}" for t, d, _ in kernel_specs() if t == type_name}
@@ -87,11 +114,16 @@ def test_every_elementwise_body_runs_and_matches_its_numpy_twin(type_name):
     x = NEURON_INPUT * np.where(np.arange(NEURON_INPUT.size).reshape(NEURON_INPUT.shape) % 3, 1, -1)
     if type_name in ("Log", "Power"):
         x = NEURON_INPUT  # log of negative numbers / fractional powers of them are NaN on both sides
+    w = np.random.default_rng(4).uniform(-1, 1, x.shape).astype(np.float32)
+    cpu = _run_in_place(text, x, w, "cpu") if layer_class(type_name).supports_in_place else None
     with fakecupy.installed():
         start = len(fakecupy.LAUNCHES)
         compare_devices(text, [x], rtol=1e-5, atol=1e-6)
         launched = {name for name, _, _ in fakecupy.LAUNCHES[start:]}
+        gpu = _run_in_place(text, x, w, "gpu") if cpu is not None else None
     assert expected <= launched, f"{type_name}: never launched {sorted(expected - launched)}"
+    for c, g in zip(cpu or [], gpu or []):
+        np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
 
 
 @needs_gxx

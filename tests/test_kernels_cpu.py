@@ -113,6 +113,21 @@ def test_kernels_match_the_numpy_path(text, bottoms, options, kernels):
     assert kernels <= launched, f"expected launches of {sorted(kernels - launched)}; launched {sorted(launched)}"
 
 
+@pytest.mark.parametrize("text,bottoms,options,kernels", [c[1:] for c in CASES[::3]], ids=[c[0] for c in CASES[::3]])
+def test_kernels_cover_every_index_with_a_grid_smaller_than_the_work(text, bottoms, options, kernels, monkeypatch):
+    """Launches of 2 blocks of 7 threads: every grid-stride loop wraps many times (on a
+    device, 65535 blocks of 256 do for blobs over 16M elements) and must still visit each
+    index once."""
+    from dlsoft.layers import kernels as launcher
+    monkeypatch.setattr(launcher, "THREADS", 7)
+    monkeypatch.setattr(launcher, "MAX_BLOCKS", 2)
+    with fakecupy.installed():
+        start = len(fakecupy.LAUNCHES)
+        compare_devices(text, bottoms, **options)
+        grids = {grid for name, grid, _ in fakecupy.LAUNCHES[start:] if grid is not None}
+    assert grids and max(g[0] for g in grids) <= 2
+
+
 def kernel_sources() -> dict[str, str]:
     """Every RawKernel source, by kernel name: the registry of ``dlsoft.layers.kernels``."""
     from dlsoft.layers import kernels
