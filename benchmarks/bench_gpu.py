@@ -22,13 +22,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CAFFE = ROOT.parent / "shared" / "caffe"
-if not CAFFE.is_dir():  # a copy of the repository on its own (the device machine): the configs travel in shared/
-    CAFFE = ROOT / "shared" / "caffe"
+ENTRIES = ROOT / "dlsoft" / "model_zoo" / "entries"  # BVLC Caffe's own train_val files, shipped in the package
 
 NETS = {  # name: (train_val prototxt, input shape per image, classes)
-    "cifar10_quick": ("examples/cifar10/cifar10_quick_train_test.prototxt", (3, 32, 32), 10),
-    "caffenet": ("models/bvlc_reference_caffenet/train_val.prototxt", (3, 227, 227), 1000),
+    "cifar10_quick": ("cifar10_quick/train_val.prototxt", (3, 32, 32), 10),
+    "caffenet": ("bvlc_reference_caffenet/train_val.prototxt", (3, 227, 227), 1000),
 }
 
 
@@ -38,7 +36,7 @@ def dlsoft_solver(name: str, batch: int, device: str):
     from dlsoft.protos import caffe_pb2
     from dlsoft.solver.solver import Solver
     path, shape, _ = NETS[name]
-    net = read_net(CAFFE / path)
+    net = read_net(ENTRIES / path)
     layers = [layer for layer in net.layer if layer.type != "Data"]
     data = caffe_pb2.LayerParameter(name="data", type="Input", top=["data", "label"])
     data.input_param.shape.add().dim.extend([batch, *shape])

@@ -8,14 +8,11 @@
 # About 4-6 minutes on an H100/H200; give the run timeout_s 540 to leave room for a rerun.
 #
 # Prepare once, in the checkout the session runs from (the lent image has cupy-cuda13x,
-# torch with CUDA, numpy, h5py, protobuf, Pillow, pytest, but not lmdb; ../shared does not travel):
+# torch with CUDA, numpy, h5py, protobuf, Pillow, pytest, but not lmdb):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl lmdb==1.7.5
-#   mkdir -p shared/caffe/examples shared/caffe/models
-#   cp -r ../shared/caffe/examples/cifar10 shared/caffe/examples/
-#   cp -r ../shared/caffe/models/bvlc_reference_caffenet shared/caffe/models/
 # then call the device tool:  run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
 # and record the results (pytest summary, the benchmark table) in the note and the README.
 set -uo pipefail
@@ -35,7 +32,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   python3 -c "from dlsoft.backend import gpu_count; print('dlsoft sees', gpu_count(), 'GPU(s)')"
 } 2>&1 | tee "$out/environment.txt"
 
-# 1. Every GPU-vs-CPU test on the real device (skips nothing but what needs ../shared).
+# 1. Every GPU-vs-CPU test on the real device (../shared does not travel: the few that read it skip).
 timeout 240 python3 -m pytest -m "gpu and not cupy_api" -q -p no:cacheprovider -o addopts="" -rfEs 2>&1 |
   tee "$out/pytest_gpu.txt"
 tests=$?

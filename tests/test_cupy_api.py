@@ -207,3 +207,40 @@ def test_a_layer_calling_what_cupy_lacks_fails_with_the_layer_and_the_call_named
             layer.forward([bottom], [top])
     assert layer_in_traceback(caught.value.__traceback__) == \
         "layer 'habit' (type HostHabit, HostHabitLayer.forward_cpu)"
+
+
+@needs_gxx
+def test_cifar10_quick_training_on_the_stand_in_matches_the_cpu():
+    """Two SGD iterations of BVLC's cifar10_quick (its Data layers replaced by an Input
+    layer) give the same weights on the CPU and on the cupy stand-in: convolution kernels,
+    MAX and AVE pooling, softmax loss and the update rule, at the net's real shapes."""
+    from kernel_emulation import fakecupy
+
+    from dlsoft.backend import to_numpy
+    from dlsoft.netdef.io import read_net
+    from dlsoft.protos import caffe_pb2
+    from dlsoft.solver.solver import Solver
+
+    net = read_net(TESTS.parent / "dlsoft/model_zoo/entries/cifar10_quick/train_val.prototxt")
+    layers = [layer for layer in net.layer if layer.type != "Data"]
+    data = caffe_pb2.LayerParameter(name="data", type="Input", top=["data", "label"])
+    data.input_param.shape.add().dim.extend([4, 3, 32, 32])
+    data.input_param.shape.add().dim.extend([4])
+    del net.layer[:]
+    net.layer.extend([data, *layers])
+    param = caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, weight_decay=0.004, lr_policy="fixed",
+                                      max_iter=10, display=0, random_seed=5, snapshot_after_train=False)
+    param.net_param.CopyFrom(net)
+    rng = np.random.default_rng(0)
+    x, labels = rng.standard_normal((4, 3, 32, 32)).astype(np.float32), np.array([1, 7, 3, 3], np.float32)
+    results = []
+    for device in ("cpu", "gpu"):
+        with fakecupy.installed():
+            with Solver(param, device=device, metrics=False, progress_bar=False) as solver:
+                xp = solver.net.blobs["data"].xp
+                solver.net.blobs["data"].data[...] = xp.asarray(x)
+                solver.net.blobs["label"].data[...] = xp.asarray(labels)
+                solver.step(2)
+                results.append([to_numpy(blob.data).copy() for blob in solver.net.learnable_params])
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
