@@ -70,6 +70,10 @@ CASES = [
     ("maxpool-mask-top", pool("pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 1",
                               'top: "y" top: "mask"'), [distinct((2, 2, 5, 6))], {"num_tops": 2},
      {"dl_max_pool_forward", "dl_max_pool_backward"}),
+    ("maxpool-floor", pool("pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR"), [distinct((1, 2, 6, 8))], {},
+     {"dl_max_pool_forward", "dl_max_pool_backward"}),
+    ("avepool-floor-pad", pool("pool: AVE kernel_size: 2 stride: 2 pad: 1 round_mode: FLOOR"), [normal((1, 2, 5, 7))],
+     {}, {"dl_ave_pool_forward", "dl_ave_pool_backward"}),
     ("maxpool-global", pool("pool: MAX global_pooling: true"), [distinct((2, 3, 4, 5))], {},
      {"dl_max_pool_forward", "dl_max_pool_backward"}),
     ("avepool-ceil-pad", pool("pool: AVE kernel_size: 3 stride: 2 pad: 1"), [normal((2, 3, 7, 7))], {},
@@ -178,6 +182,23 @@ def test_argument_binding_errors_name_the_parameter():
         kernel((1,), (4,), (normal((4, 2))[:, 0], x, x.copy(), np.int64(4), np.float32(1)))
     with pytest.raises(KernelArgumentError, match="launched with 4 arguments"):
         kernel((1,), (4,), (x, x, x.copy(), np.int64(4)))
+
+
+def test_emulation_header_has_cuda_atomics_and_math():
+    """For kernels to come: atomicAdd accumulates (sequential run), and CUDA's float math
+    (rsqrtf, __expf, fmaxf, min/max of mixed types) means what it means on a device."""
+    source = r"""
+extern "C" __global__ void dl_test_header(const float* x, float* out, const long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)blockDim.x * gridDim.x) {
+    atomicAdd(out, x[i]);
+    atomicAdd(out + 1, rsqrtf(x[i]) + __expf(-x[i]) + fmaxf(x[i], 2.f) + (float)min(i, 3));
+  }
+}"""
+    x = np.abs(normal((50,))) + 0.5
+    out = np.zeros(2, np.float32)
+    EmulatedKernel(source, "dl_test_header")((3,), (4,), (x, out, np.int64(50)))
+    expected = (1 / np.sqrt(x) + np.exp(-x) + np.maximum(x, 2) + np.minimum(np.arange(50), 3)).sum()
+    np.testing.assert_allclose(out, [x.sum(), expected], rtol=1e-5)
 
 
 def test_shared_memory_kernels_are_refused_by_name():
