@@ -76,13 +76,15 @@ class SGD(UpdateRule):
         v += g
         g[...] = v
 
-    def fused_step_cpu(self, index: int, lr: float, scale, decay, l1: bool) -> None:
+    def fused_step_cpu(self, index: int, rate: float, lr_mult: float, decay_mult: float) -> None:
         """The solver's normalize, regularize, compute and apply steps for one blob in one
         compiled pass (:func:`cpu_kernels.sgd_step`): identical numbers, no buffer."""
-        blob = self.blobs[index]
+        p, blob = self.param, self.blobs[index]
+        scale = np.float32(1.0 / p.iter_size) if p.iter_size > 1 else np.float32(1)
+        decay = np.float32(p.weight_decay) * np.float32(decay_mult)
+        lr = np.float32(np.float32(rate) * np.float32(lr_mult))
         cpu_kernels.sgd_step(blob.data.reshape(-1), blob.diff.reshape(-1), self.history[index].reshape(-1),
-                             np.float32(scale), np.float32(decay), l1, np.float32(lr),
-                             np.float32(self.param.momentum))
+                             scale, decay, p.regularization_type == "L1", lr, np.float32(p.momentum))
 
 
 class Nesterov(UpdateRule):
