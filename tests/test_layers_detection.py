@@ -13,6 +13,9 @@ from dlsoft.errors import NetDefinitionError
 from dlsoft.layers.detection import decode_boxes
 from gradcheck import check_gradient, compare_devices, covers, run_layer
 
+#: Layers the gpu tests below run through helpers (test_cupy_api.py checks every layer has a GPU case).
+GPU_COVERS = {"Normalize", "Permute", "PriorBox", "DetectionOutput"}
+
 RNG = np.random.default_rng(0)
 X = RNG.uniform(-1, 1, (2, 3, 2, 3)).astype(np.float32)
 
