@@ -42,6 +42,14 @@ def test_every_registered_layer_is_covered():
     assert not missing, "layers without tests: " + ", ".join(missing)
 
 
+def test_no_module_declares_a_covers_dict():
+    """Coverage comes from the cases and the marked tests, not from a module's own list."""
+    stale = [path.stem for path in sorted(Path(__file__).parent.glob("test_layers_*.py"))
+             if hasattr(importlib.import_module(path.stem), "COVERS")]
+    assert not stale, (f"{stale} declare COVERS: list gradcheck.LayerCase s in CASES, or mark the tests "
+                       "with @covers(type, kind) (see tests/gradcheck.py)")
+
+
 def test_covers_name_only_registered_types():
     unknown = set(collected_covers()) - set(registered_types())
     assert not unknown, f"cases or @covers name unregistered types: {sorted(unknown)}"
