@@ -12,7 +12,7 @@ DOC = ROOT / "ARCHITECTURE.md"
 RANKS = {
     "cli": 6, "__main__": 6,
     "solver": 5, "model_zoo": 5, "timing": 5, "plot": 5, "__init__": 5,
-    "netdef": 4,
+    "netdef": 4, "onnx": 4,  # onnx: another encoding of a net, beside netdef's io
     "layers": 3,
     "data": 2,
     "fileio": 1, "backend": 1, "blob": 1, "errors": 1, "random": 1, "zoo_ref": 1,
