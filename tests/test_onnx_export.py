@@ -373,3 +373,17 @@ layer { name: "relu" type: "ReLU" bottom: "sc" top: "relu" }'''
         randomize(net)
         export_and_compare(net, tmp_path, ["bn", "relu"], cut=True)
         export_and_compare(net, tmp_path, ["bn"], cut=True)
+
+
+def test_fork_layers_depthwise_selu_shuffle_axpy(tmp_path):
+    body = '''layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "selu" type: "SeLu" bottom: "dw" top: "selu" }
+layer { name: "sd" type: "SeLuDropout" bottom: "selu" top: "selu" }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "selu" top: "shuffle" shuffle_channel_param { group: 3 } }
+layer { name: "gap" type: "Pooling" bottom: "shuffle" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "axpy" type: "Axpy" bottom: "gap" bottom: "shuffle" bottom: "selu" top: "axpy" }'''
+    with small_net(body, (2, 6, 9, 8)) as net:
+        randomize(net)
+        export_and_compare(net, tmp_path, ["dw", "selu", "shuffle", "axpy"], cut=True, tolerance=1e-5)
+        export_and_compare(net, tmp_path, ["axpy"], batch=3, cut=True, tolerance=1e-5)

@@ -14,7 +14,7 @@ from .export import LayerContext, converts
 
 
 # ---------------------------------------------------------------------------- vision layers
-@converts("Convolution")
+@converts("Convolution", "ConvolutionDepthwise")  # depthwise: group = num_output = C, set by the layer
 def _convolution(c: LayerContext) -> list[str]:
     """Conv: Caffe's weight layout (num_output, C/group, kh, kw) is ONNX's; same output size."""
     layer = c.layer
@@ -147,9 +147,9 @@ def _slice(c: LayerContext) -> list[str]:
     return outputs
 
 
-@converts("Split", "Dropout")
+@converts("Split", "Dropout", "SeLuDropout")
 def _alias(c: LayerContext) -> list[str]:
-    """Split's tops are its bottom; Dropout is the identity at TEST: no node at all."""
+    """Split's tops are its bottom; the dropouts are the identity at TEST: no node at all."""
     return [c.inputs[0]] * len(c.top_shapes)
 
 
@@ -354,6 +354,31 @@ def _prelu(c: LayerContext) -> list[str]:
     if not c.layer.shared:  # one slope per channel (axis 1), broadcast over the rest
         slope = slope.reshape((-1,) + (1,) * (len(c.bottom_shapes[0]) - 2))
     return [c.op("PRelu", [c.inputs[0], c.const(slope, "slope")], top=0)]
+
+
+@converts("SeLu")
+def _selu(c: LayerContext) -> list[str]:
+    """λ·(x > 0 ? x : α·(eˣ - 1)) is ONNX's Selu with gamma = λ."""
+    return [c.op("Selu", c.inputs, top=0, alpha=c.layer.alpha, gamma=c.layer.lam)]
+
+
+@converts("ShuffleChannel")
+def _shuffle_channel(c: LayerContext) -> list[str]:
+    """N×g×k×(H·W) transposed to N×k×g×(H·W): three nodes."""
+    n, g, k, plane = c.layer.view
+    grouped = c.reshape(c.inputs[0], [n, g, k, plane], batch_axis=0)
+    swapped = c.op("Transpose", [grouped], perm=[0, 2, 1, 3])
+    return [c.reshape(swapped, c.top_shapes[0], batch_axis=0, top=0)]
+
+
+@converts("Axpy")
+def _axpy(c: LayerContext) -> list[str]:
+    """a·x + y with a (N, C) broadcast over x's spatial axes."""
+    a, x, y = c.inputs
+    rank = len(c.bottom_shapes[1])
+    channels = c.bottom_shapes[1][1]
+    scale = c.reshape(a, [c.bottom_shapes[1][0], channels] + [1] * (rank - 2), batch_axis=0)
+    return [c.op("Add", [c.op("Mul", [scale, x]), y], top=0)]
 
 
 @converts("ELU")
