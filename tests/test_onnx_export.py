@@ -387,3 +387,11 @@ layer { name: "axpy" type: "Axpy" bottom: "gap" bottom: "shuffle" bottom: "selu"
         randomize(net)
         export_and_compare(net, tmp_path, ["dw", "selu", "shuffle", "axpy"], cut=True, tolerance=1e-5)
         export_and_compare(net, tmp_path, ["axpy"], batch=3, cut=True, tolerance=1e-5)
+
+
+def test_interp_align_corners(tmp_path):
+    body = '''layer { name: "up" type: "Interp" bottom: "data" top: "up" interp_param { zoom_factor: 3 } }
+layer { name: "down" type: "Interp" bottom: "data" top: "down" interp_param { shrink_factor: 2 pad_beg: -1 pad_end: -1 } }
+layer { name: "fixed" type: "Interp" bottom: "data" top: "fixed" interp_param { height: 5 width: 11 } }'''
+    with small_net(body, (2, 3, 9, 8)) as net:
+        export_and_compare(net, tmp_path, ["up", "down", "fixed"], cut=True, tolerance=1e-5)

@@ -49,6 +49,8 @@ _NO_ONNX_FORM = {
     "Embed": "its input is an index blob; not supported by the exporter",
     "ArgMax": "Caffe's ArgMax (float indices over the flattened item, optional values) is not exported",
     "Im2col": "no ONNX operator lays out convolution columns",
+    "ROIPooling": "ONNX's MaxRoiPool rounds the regions differently from Caffe's; not exported",
+    "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator",
     "LSTM": "recurrent layers are not supported by the exporter",
     "RNN": "recurrent layers are not supported by the exporter",
     "LSTMUnit": "recurrent layers are not supported by the exporter",

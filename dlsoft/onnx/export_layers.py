@@ -94,6 +94,19 @@ def _lrn(c: LayerContext) -> list[str]:
     return [c.op("Mul", [x, c.op("Pow", [scale, c.const(-layer.beta, "minus_beta")])], top=0)]
 
 
+@converts("Interp")
+def _interp(c: LayerContext) -> list[str]:
+    """Align-corners bilinear resize as the layer computes it: A_h · x · A_wᵀ, two MatMuls
+    with its own interpolation matrices (after a Slice for a pad_beg/pad_end crop)."""
+    layer, x = c.layer, c.inputs[0]
+    (height, width), crop = c.bottom_shapes[0][2:], layer.crop
+    if crop or (height, width) != tuple(layer.eff):
+        ends = [crop + layer.eff[0], crop + layer.eff[1]]
+        x = c.op("Slice", [x, c.ints([crop, crop], "starts"), c.ints(ends, "ends"), c.ints([2, 3], "axes")])
+    columns = c.op("MatMul", [x, c.const(to_numpy(layer.cols_t), "cols_t")])
+    return [c.op("MatMul", [c.const(to_numpy(layer.rows), "rows"), columns], top=0)]
+
+
 @converts("Crop")
 def _crop(c: LayerContext) -> list[str]:
     p = c.param.crop_param
