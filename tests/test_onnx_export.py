@@ -40,20 +40,22 @@ def export_and_compare(net, tmp_path, names=None, batch=None, tolerance=1e-4, **
 REAL_NETS = {
     "lenet": (CAFFE / "examples/mnist/lenet.prototxt", 3, ["ip2", "prob"]),
     "cifar10_quick": (CAFFE / "examples/cifar10/cifar10_quick.prototxt", 2, ["ip2", "prob"]),
+    "caffenet_convolutions": (CAFFE / "models/bvlc_reference_caffenet/deploy.prototxt", 1, ["pool5"]),
     "caffenet": (CAFFE / "models/bvlc_reference_caffenet/deploy.prototxt", 1, ["fc8", "prob"]),
     "googlenet": (CAFFE / "models/bvlc_googlenet/deploy.prototxt", 1, ["loss3/classifier", "prob"]),
     "resnet50": (WILD / "soeaver+caffe-model/cls/resnet/deploy_resnet50.prototxt", 1, ["fc1000", "prob"]),
 }
 
 
-@pytest.mark.parametrize("name", list(REAL_NETS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "caffenet" else name
+                                  for name in REAL_NETS])  # all of CaffeNet: 240 MB of weights, > 15 s
 def test_real_net_matches_onnxruntime(name, tmp_path):
     """The whole net, compared on its output and on the logits (a softmax of random weights
     could hide errors by saturating); batch 1 for the big nets."""
     path, batch, names = REAL_NETS[name]
     with dlsoft.Net(str(_net_file(path)), phase="TEST") as net:
         randomize(net)
-        assert names[-1] in net.outputs
+        assert names[-1] in net.outputs or names == ["pool5"]
         model = export_net(net, tmp_path / "model.onnx", outputs=names)
         onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)
         assert [o.name for o in model.graph.output] == names
