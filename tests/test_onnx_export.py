@@ -364,7 +364,7 @@ def test_every_layer_type_is_converted_or_refused_with_a_reason():
     assert converted <= set(registered_types())
     # the rest are the Input layer (the graph's inputs), data layers and losses (generic reasons)
     rest = set(registered_types()) - converted - refused - {"Input"}
-    assert all(t.endswith(("Data", "Loss")) for t in rest), rest
+    assert all(t.endswith("Data") or "Loss" in t for t in rest), rest
 
 
 def test_batchnorm_output_wanted_keeps_the_scale_apart(tmp_path):

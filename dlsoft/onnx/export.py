@@ -51,6 +51,7 @@ _NO_ONNX_FORM = {
     "Im2col": "no ONNX operator lays out convolution columns",
     "ROIPooling": "ONNX's MaxRoiPool rounds the regions differently from Caffe's; not exported",
     "PSROIPooling": "position-sensitive ROI pooling has no ONNX operator",
+    "BoxAnnotatorOHEM": "online hard-example mining belongs to training nets",
     "LSTM": "recurrent layers are not supported by the exporter",
     "RNN": "recurrent layers are not supported by the exporter",
     "LSTMUnit": "recurrent layers are not supported by the exporter",
@@ -254,7 +255,7 @@ def _why_not(layer_type: str) -> str:
     """Why a layer type has no converter, for the one-line refusal."""
     if layer_type in _NO_ONNX_FORM:
         return _NO_ONNX_FORM[layer_type]
-    if layer_type.endswith("Loss"):
+    if "Loss" in layer_type:  # SoftmaxWithLoss, ..., the OHEM forks' SoftmaxWithLossOHEM
         return "loss layers belong to training nets; export the deploy net"
     if layer_type.endswith("Data"):
         return "data layers feed training; export a deploy net whose inputs are an Input layer"
