@@ -12,7 +12,8 @@ DOC = ROOT / "ARCHITECTURE.md"
 RANKS = {
     "cli": 6, "__main__": 6,
     "distributed": 5.5,  # between the CLI and the solver it drives
-    "solver": 5, "model_zoo": 5, "timing": 5, "plot": 5, "__init__": 5,
+    "caffe": 6,  # pycaffe's API, beside the CLI, on top
+    "solver": 5, "model_zoo": 5, "onnx": 5, "timing": 5, "plot": 5, "__init__": 5,
     "netdef": 4,
     "layers": 3,
     "data": 2,

@@ -434,6 +434,11 @@ class Net:
             return
         io.atomic_write_bytes(path, self.to_proto().SerializeToString())
 
+    def export_onnx(self, path: str | Path, static_batch: bool = False, outputs=None):
+        """Write the net with its current weights as ONNX (needs ``dlsoft[onnx]``); see dlsoft.onnx."""
+        from ..onnx import export_net  # noqa: PLC0415 - optional, heavy
+        return export_net(self, path, static_batch=static_batch, outputs=outputs)
+
     def save_hdf5(self, path: str | Path) -> None:
         """Write the weights in Caffe's HDF5 layout (:meth:`to_hdf5_bytes`), atomically."""
         io.atomic_write_bytes(str(path), self.to_hdf5_bytes())
