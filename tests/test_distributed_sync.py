@@ -275,3 +275,16 @@ def test_gpu_launcher_passes_ctrl_c_once_to_every_rank(tmp_path):
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["1", "1"]
+
+
+def test_ranks_split_the_random_stream_for_dropout():
+    from dlsoft import random as dl_random
+
+    draws = []
+    for rank in range(3):
+        dl_random.set_seed(5)
+        dl_random.split(rank)
+        draws.append(dl_random.rng().random(4))
+    dl_random.set_seed(5)
+    np.testing.assert_array_equal(draws[0], dl_random.rng().random(4))  # rank 0: the snapshot's stream
+    assert not np.allclose(draws[1], draws[0]) and not np.allclose(draws[2], draws[1])

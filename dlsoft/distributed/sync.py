@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from .. import random as dl_random
 from ..errors import DistributedError
 from ..solver.signals import StopNow
 
@@ -88,10 +89,11 @@ class GradientSync:
 
     # ---- the solver callback ----------------------------------------------------------------
     def on_start(self, solver) -> None:
-        """Once: every rank takes rank 0's weights and solver history."""
+        """Once: every rank takes rank 0's weights and solver history, and its own random stream."""
         if self._started:
             return
         self._started = True
+        dl_random.split(self.comm.rank)  # after any restore: dropout masks differ between ranks
         blobs = [blob.data for blob in self.net.learnable_params] + list(solver.rule.history)
         xp = self.net.device.xp
         sizes = [int(a.size) for a in blobs]
