@@ -215,8 +215,11 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
 
     gpus = parse_gpus(gpu)
     kind = runner.wanted(None if distributed == "auto" else distributed)
-    if kind is None and distributed == "auto" and launch.mpi_world() and gpus:
-        kind = None if launch.world_size() == 1 else "nccl"  # MPI ranks each owning a GPU, NCCL between
+    if kind == "mpi" and gpus:
+        if distributed == "mpi":
+            raise click.UsageError("--distributed mpi averages on the CPU: with --gpu, MPI ranks each take a GPU "
+                                   "and average over NCCL (--distributed nccl, the default there)")
+        kind = "nccl"  # MPI ranks each owning a GPU of their machine, NCCL between them
     if kind is None and len(gpus) > 1 and distributed != "none":
         code = runner.spawn_for_gpus(gpus, _child_arguments())  # Caffe's -gpu all: one process per GPU
         raise SystemExit(code)
