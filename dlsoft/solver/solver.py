@@ -58,12 +58,18 @@ class Solver:
     is the JSON-lines metrics file (default ``<snapshot_prefix>_metrics.jsonl``; False for
     none). ``progress_bar`` None shows a bar only when stderr is a terminal.
 
+    ``solver_type`` (SGD, Nesterov, ...) replaces the file's ``type``, as pycaffe's
+    ``AdamSolver(file)`` is an Adam solver whatever the file says.
+
     Net paths in the solver file are used as written (relative to the working directory,
     as Caffe does) and, when no such file exists, relative to the solver file's folder.
     """
 
+    #: The class the train and test nets are built with (pycaffe's solvers build ``caffe.Net``).
+    net_class: type[Net] = Net
+
     def __init__(self, param, device="cpu", *, weights=None, metrics=None, progress_bar=None,
-                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT):
+                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT, solver_type: str | None = None):
         if isinstance(param, (str, os.PathLike)):
             self.path: str | None = str(param)
             param = io.read_solver(self.path)
@@ -74,6 +80,8 @@ class Solver:
             raise TypeError(f"param must be a path or a SolverParameter, not {type(param).__name__}")
         self.param = caffe_pb2.SolverParameter()
         self.param.CopyFrom(param)
+        if solver_type is not None:
+            self.param.type = solver_type
         self._set_snapshot_prefix()
         self._validate()
         self.sigint_effect = check_effect(sigint_effect, "sigint_effect")
@@ -100,6 +108,7 @@ class Solver:
         self._forwards = [0] * (1 + len(self.test_nets))  # batches each net's data layers delivered
         self._signals: SignalHandler | None = None
         self._requested_early_exit = False
+        self._callbacks: list[tuple] = []
         self.last_snapshot: str | None = None
         self.test_scores: list[OrderedDict] = [OrderedDict() for _ in self.test_nets]
         self.progress_bar = progress_bar
@@ -195,8 +204,8 @@ class Solver:
         state.MergeFrom(file_state)
         if override is not None:
             state.MergeFrom(override)
-        return Net(model, phase=PHASE_NAMES[state.phase], level=state.level, stages=list(state.stage),
-                   device=self.device)
+        return self.net_class(model, phase=PHASE_NAMES[state.phase], level=state.level,
+                              stages=list(state.stage), device=self.device)
 
     def _build_train_net(self) -> Net:
         p = self.param
@@ -270,6 +279,8 @@ class Solver:
                     if self._requested_early_exit:
                         break
                 display = p.display and self.iter % p.display == 0
+                for on_start, _ in self._callbacks:
+                    on_start()
                 loss = 0.0
                 for _ in range(p.iter_size):
                     loss += self.net.forward_backward()
@@ -288,6 +299,8 @@ class Solver:
                                                                      for n in self.net.outputs])
                     progress.event("train", self.iter, loss=_short(self.smoothed_loss), lr=_short(self.lr),
                                    iter_per_s=round(per_s, 3), outputs=outputs)
+                for _, on_gradients_ready in self._callbacks:
+                    on_gradients_ready()
                 rate = self.apply_update(params, display)
                 self.iter += 1
                 progress.tick(self.iter, self.smoothed_loss, rate)
@@ -359,6 +372,16 @@ class Solver:
                 index += 1
             report[name] = _short(vector[0]) if vector.size == 1 else [_short(v) for v in vector]
         return report
+
+    def add_callback(self, on_start, on_gradients_ready) -> None:
+        """Call ``on_start()`` at the start of each iteration (after any test) and
+        ``on_gradients_ready()`` once its gradients are accumulated, before the update
+        (Caffe's ``Solver::Callback``)."""
+        self._callbacks.append((on_start, on_gradients_ready))
+
+    def share_weights(self, net: Net) -> None:
+        """Make ``net`` use this solver's train-net parameters for same-named layers (pycaffe)."""
+        net.share_trained_layers_with(self.net)
 
     def apply_update(self, params=None, display: bool = False) -> float:
         """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``)."""
