@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from itertools import zip_longest
 
@@ -89,11 +90,15 @@ def has_nccl() -> bool:
         _has_nccl = None
     if _has_nccl is not None:
         return bool(_has_nccl())
-    try:
-        from cupy.cuda import nccl  # noqa: PLC0415, F401
-    except Exception:  # noqa: BLE001 - cupy missing or built without NCCL
+    if gpu_count() == 0:
         return False
-    return gpu_count() > 0
+    with warnings.catch_warnings():  # cupy warns when libnccl is missing: that is the answer, not news
+        warnings.simplefilter("ignore")
+        try:
+            from cupy.cuda import nccl  # noqa: PLC0415
+        except Exception:  # noqa: BLE001 - cupy built without NCCL
+            return False
+    return bool(getattr(nccl, "available", True))
 
 
 def solver_count() -> int:

@@ -1,6 +1,7 @@
 """A Euclidean loss written against pycaffe's ``caffe.Layer``, as BVLC's examples/pycaffe/layers/pyloss.py.
 
-loss = sum((a - b)^2) / num / 2; the gradient flows to both bottoms. Used with
+loss = sum((a - b)^2) / num / 2; the gradient flows to both bottoms, scaled by the top's
+diff (the loss weight), which BVLC's version takes to be 1. Used with
 examples/pycaffe/linreg.prototxt (python_param { module: 'pyloss' layer: 'EuclideanLossLayer' }).
 """
 import numpy as np
@@ -29,4 +30,4 @@ class EuclideanLossLayer(caffe.Layer):
     def backward(self, top, propagate_down, bottom):
         for i, sign in enumerate((1, -1)):
             if propagate_down[i]:
-                bottom[i].diff[...] = sign * self.diff / bottom[i].num
+                bottom[i].diff[...] = sign * top[0].diff[0] * self.diff / bottom[i].num
