@@ -339,7 +339,7 @@ class Net(_DlsoftNet):
 
     def load_hdf5(self, filename) -> None:
         """Load weights from Caffe's HDF5 layout (``data/<layer>/<i>``)."""
-        self._copy_from_hdf5(str(filename))
+        self.load_layers(str(filename), self._layers_of_hdf5(str(filename)))
 
 
 def _is_phase_name(value) -> bool:

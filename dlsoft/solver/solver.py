@@ -174,13 +174,18 @@ class Solver:
             raise self._error("test_interval", "must be > 0 when test nets are given (test_iter)")
         if any(n <= 0 for n in p.test_iter):
             raise self._error("test_iter", "every value must be > 0")
-        if p.snapshot > 0:
+        if p.snapshot > 0 and not p.snapshot_prefix:
+            raise self._error("snapshot_prefix", "not set but snapshot is")
+        if p.snapshot_prefix:
+            # Checked whatever `snapshot` says: the final snapshot (snapshot_after_train) and
+            # the metrics file go there too, and an hour of training should not end on it.
             folder = os.path.dirname(p.snapshot_prefix) or "."
-            if not p.snapshot_prefix:
-                raise self._error("snapshot_prefix", "not set but snapshot is")
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise self._error("snapshot_prefix", f"cannot write to '{p.snapshot_prefix}': make sure the "
-                                                     f"folder '{folder}' exists and is writable")
+            if not os.path.isdir(folder):
+                raise self._error("snapshot_prefix", f"the folder '{folder}' of '{p.snapshot_prefix}' does not "
+                                                     "exist: create it or change snapshot_prefix")
+            if not os.access(folder, os.W_OK):
+                raise self._error("snapshot_prefix", f"the folder '{folder}' of '{p.snapshot_prefix}' is not "
+                                                     "writable: change snapshot_prefix")
 
     def _resolve(self, path: str, field: str) -> str:
         """As written (relative to the working directory, as Caffe), else next to the solver file."""
@@ -206,6 +211,9 @@ class Solver:
             state.MergeFrom(override)
         return self.net_class(model, phase=PHASE_NAMES[state.phase], level=state.level,
                               stages=list(state.stage), device=self.device)
+
+    def _train_field(self) -> str:
+        return next(f for f in ("train_net_param", "train_net", "net_param", "net") if self.param.HasField(f))
 
     def _build_train_net(self) -> Net:
         p = self.param
@@ -265,6 +273,11 @@ class Solver:
     def step(self, iters: int) -> None:
         """Run ``iters`` iterations (Caffe's ``Solver::Step``)."""
         p = self.param
+        if iters > 0 and not any(self.net.blob_loss_weights.values()):
+            # Caffe would run forward/backward with nothing to learn from; refuse instead.
+            raise self._error(self._train_field(), f"the train net '{self.net.name}' has no loss: add a loss layer "
+                                                   "(SoftmaxWithLoss, EuclideanLoss, ...) or a loss_weight on a "
+                                                   "top; there is nothing to train")
         start_iter, stop_iter = self.iter, self.iter + int(iters)
         self._losses, self.smoothed_loss = [], 0.0
         params = self.net.learnable_params
