@@ -19,6 +19,7 @@ fill ``solver.net.blobs["data"].data`` by hand before each ``step(1)``, as with 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -115,6 +116,7 @@ class Solver:
         if metrics is None:
             metrics = f"{p.snapshot_prefix}_metrics.jsonl" if p.snapshot_prefix else False
         self.metrics_path: str | None = str(metrics) if metrics else None
+        self._metrics_started = False
 
     # ------------------------------------------------------------------ set-up
     def _error(self, field: str, message: str) -> SolverError:
@@ -279,6 +281,8 @@ class Solver:
                                                    "(SoftmaxWithLoss, EuclideanLoss, ...) or a loss_weight on a "
                                                    "top; there is nothing to train")
         start_iter, stop_iter = self.iter, self.iter + int(iters)
+        if not self._metrics_started:
+            self._start_metrics()
         self._losses, self.smoothed_loss = [], 0.0
         params = self.net.learnable_params
         progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 else False,
@@ -358,6 +362,36 @@ class Solver:
                 log.info("Optimization Done.")
         finally:
             self._signals = None
+
+    def _start_metrics(self) -> None:
+        """Begin this run's records in the metrics file, once per solver.
+
+        A run from iteration 0 starts the file afresh; a resumed run keeps the records
+        before its iteration (its own history) and drops those from that iteration on,
+        which the interrupted run wrote after its snapshot, so nothing is recorded twice
+        and ``dlsoft plot`` never joins two runs. A ``{"phase": "run"}`` record marks the start.
+        """
+        self._metrics_started = True
+        if self.metrics_path is None:
+            return
+        kept: list[str] = []
+        if self.iter > 0 and os.path.isfile(self.metrics_path):
+            with open(self.metrics_path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] < self.iter:
+                        kept.append(json.dumps(record))
+        start = {"phase": "run", "iter": self.iter, "time": round(time.time(), 3),
+                 "start": "resumed" if self.iter > 0 else "fresh"}
+        kept.append(json.dumps(start))
+        try:
+            io.atomic_write_bytes(self.metrics_path, ("\n".join(kept) + "\n").encode("utf-8"))
+        except OSError as exc:
+            log.warning("cannot write metrics file %s (%s); metrics are not recorded", self.metrics_path, exc)
+            self.metrics_path = None
 
     def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
         """Caffe's UpdateSmoothedLoss: the mean of the last ``average_loss`` losses."""
