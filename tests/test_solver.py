@@ -132,6 +132,8 @@ def test_display_and_test_lines_are_caffe_format(tmp_path, caplog):
     lines = [m.group(0) for m in re.finditer(r"Iteration (\d+) \(.* iter/s, .*s/4 iters\), loss = [\d.e+-]+", text)]
     assert len(lines) == 2  # iterations 0 and 4
     metrics = [json.loads(line) for line in (tmp_path / "digits_metrics.jsonl").read_text().splitlines()]
+    start, metrics = metrics[0], metrics[1:]
+    assert (start["phase"], start["iter"], start["start"]) == ("run", 0, "fresh")  # the run's start
     assert [(m["phase"], m["iter"]) for m in metrics] == [("test", 0), ("train", 0), ("test", 4), ("train", 4),
                                                           ("test", 8)]
     assert 0 <= metrics[-1]["scores"]["accuracy"] <= 1 and metrics[1]["lr"] == pytest.approx(0.1)
