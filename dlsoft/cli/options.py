@@ -29,8 +29,49 @@ def require_file(path: str, what: str) -> str:
     return path
 
 
-def parse_gpu(spec: str | None) -> str:
-    """Caffe's ``-gpu`` value (``0``, ``1,2`` or ``all``) as a device: the first GPU (multi-GPU is not supported)."""
+def pick_net(model: str | None, model_option: str | None, required: bool = True) -> str | None:
+    """The net given as the NET argument or as ``--model``/``-model`` (not both)."""
+    if model and model_option and model != model_option:
+        raise click.UsageError("give the net either as an argument or with --model, not both")
+    model = model or model_option
+    if model is None and required:
+        raise click.UsageError("no net given: pass NET (or --model FILE, Caffe's -model)")
+    return model
+
+
+def net_file(path: str, command: str) -> str:
+    """``path``, after checking that it is not a solver file given where a net is expected.
+
+    ``dlsoft train solver.prototxt`` (or ``test -model solver.prototxt``) is a common slip
+    from Caffe's ``-solver``/``-model`` pair; the net parser would only report an unknown
+    field ``base_lr``.
+    """
+    from ..errors import ParseError
+    from ..netdef import io
+
+    if not os.path.isfile(path) or io.file_format(path) == "binary":
+        return path
+    try:
+        io.read_net(path)
+    except ParseError as net_error:
+        try:
+            solver = io.read_solver(path)
+        except DlsoftError:
+            raise net_error from None
+        trains = next((getattr(solver, f) for f in ("net", "train_net") if solver.HasField(f)), None)
+        if command == "train":
+            advice = f"train with it as `dlsoft train --solver {path}`"
+        else:
+            advice = f"give its net{f' ({trains})' if trains else ''} instead"
+        raise DlsoftError(f"is a solver definition, not a net: {advice}", path=path) from None
+    return path
+
+
+def parse_gpu(spec: str | None, flag: str = "--gpu") -> str:
+    """Caffe's ``-gpu`` value (``0``, ``1,2`` or ``all``) as a device: the first GPU (multi-GPU is not supported).
+
+    A GPU that is not there is an error naming the flag, before any file is read.
+    """
     if spec is None or spec == "":
         return "cpu"
     from ..backend import gpu_count
@@ -48,6 +89,12 @@ def parse_gpu(spec: str | None) -> str:
             raise DlsoftError(f"--gpu expects a GPU number, a comma-separated list or 'all', got '{spec}'") from None
         if not ids or any(i < 0 for i in ids):
             raise DlsoftError(f"--gpu expects non-negative GPU numbers, got '{spec}'")
+    count = gpu_count()
+    if count == 0:
+        raise DlsoftError(f"{flag} {spec}: no GPU is available here (cupy with a CUDA device; install "
+                          "dlsoft[gpu] on a machine with an NVIDIA GPU), leave out the flag to run on the CPU")
+    if max(ids) >= count:
+        raise DlsoftError(f"{flag} {spec}: only {count} GPU(s) are present (numbered 0 to {count - 1})")
     if len(ids) > 1:
         log.warning("multi-GPU training is not supported yet: using GPU %d only (of %s)", ids[0],
                     ", ".join(map(str, ids)))
