@@ -244,12 +244,12 @@ def test_command(model_arg, model, weights, iterations, gpu, phase, stages, leve
 
     model = pick_net(model_arg, model)
     device = parse_gpu(gpu)
+    model_path = net_file(resolve(model, "train_val"), "test")
     if weights is None:
         if not model.startswith(ZOO_PREFIX):
             raise click.UsageError("test needs --weights (the trained model to score)")
         weights = model.partition("/")[0]
     weights_path = require_file(resolve(weights, "weights"), "weights file")
-    model_path = net_file(resolve(model, "train_val"), "test")
     net = Net(model_path, phase=phase.upper(), stages=stage_names(stages), level=level, device=device)
     try:
         net.copy_from(weights_path)  # logs how many layers it loaded, and each one it did not
