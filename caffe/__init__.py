@@ -9,7 +9,7 @@ import sys
 
 import dlsoft.caffe as _caffe
 
-_SUBMODULES = ("io", "net_spec", "pycaffe", "classifier", "detector", "draw", "proto", "proto.caffe_pb2")
+_SUBMODULES = ("io", "net_spec", "pycaffe", "classifier", "detector", "draw", "coord_map", "proto", "proto.caffe_pb2")
 
 for _name in _SUBMODULES:
     sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"dlsoft.caffe.{_name}")
