@@ -419,6 +419,7 @@ def test_sighup_snapshots_and_continues(tmp_path):
     assert sorted(f for f in os.listdir(tmp_path / "snap") if f.endswith(".solverstate")) == ["tiny_iter_2.solverstate"]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_non_finite_loss_stops_and_names_the_first_bad_blob(tmp_path):
     solver = tiny_solver(tmp_path)
     feed_and_step(solver, 2)
@@ -439,6 +440,7 @@ def test_non_finite_loss_stops_and_names_the_first_bad_blob(tmp_path):
     assert sorted(f for f in os.listdir(tmp_path / "snap") if f.endswith(".solverstate")) == ["tiny_iter_2.solverstate"]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's inf/nan warnings must not leak out of it
 def test_non_finite_parameter_is_named(tmp_path):
     solver = tiny_solver(tmp_path)
     solver.net.blobs["data"].data[...] = batch(0)[0]
