@@ -41,6 +41,8 @@ def test_layer_sees_pycaffes_integer_phase(linreg):
         net = caffe.Net(linreg, phase)
         user = net.layers[net._layer_names.index("loss")].user
         assert isinstance(user, caffe.Layer) and user.seen_phase == phase and type(user.phase) is int
+        # as in pycaffe, the net's layer shows the user object's own attributes
+        assert net.layer_dict["loss"].seen_phase == phase and net.layer_dict["loss"].diff is user.diff
 
 
 def test_pyloss_gradient():

@@ -111,6 +111,13 @@ class PythonLayer(Layer):
         if cls.__init__ is not object.__init__:
             self.user.__init__(param)  # pycaffe constructs user layers with their LayerParameter
 
+    def __getattr__(self, name: str):
+        # pycaffe's net.layers[i] is the user's object itself: its attributes show through here.
+        user = self.__dict__.get("user")
+        if user is None:
+            raise AttributeError(name)
+        return getattr(user, name)
+
     def setup(self, bottoms, tops):
         self.user.setup(list(bottoms), list(tops))
         self.param_propagate_down = [True] * len(self.blobs)
