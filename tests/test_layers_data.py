@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from gradcheck import make_layer, run_layer
 
+from dlsoft.backend import to_numpy
 from dlsoft.blob import Blob
 from dlsoft.data.lmdb_io import LMDBWriter, array_to_datum
 from dlsoft.errors import DataError, DlsoftError
@@ -246,7 +247,7 @@ def test_gpu_matches_cpu(text):
     gpu, _, gpu_tops = run_layer(text, [], device="gpu", num_tops=2)
     for _ in range(6):  # more batches than prefetch slots: the slots are reused
         for c, g in zip(cpu_tops, gpu_tops):
-            np.testing.assert_allclose(g.data.get(), c.data, rtol=1e-6)
+            np.testing.assert_allclose(to_numpy(g.data), c.data, rtol=1e-6)
         cpu.forward([], cpu_tops)
         gpu.forward([], gpu_tops)
     cpu.close()

@@ -6,15 +6,27 @@ import os
 import click
 
 from ..errors import DlsoftError
+from ..zoo_ref import is_zoo_ref
 from .app import log
 
-ZOO_PREFIX = "zoo:"
+
+class LazyChoice(click.Choice):
+    """A ``click.Choice`` whose choices are computed when first needed, so building the
+    command line does not import what they come from (the solver registry, say)."""
+
+    def __init__(self, get_choices, case_sensitive: bool = True):
+        self._get_choices = get_choices
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):
+        return tuple(self._get_choices())
 
 
 # ============================================================================ shared helpers
 def resolve(ref: str | None, kind: str) -> str | None:
     """A local path for ``ref``: ``zoo:`` references go through the model zoo, others come back as they are."""
-    if ref is None or not ref.startswith(ZOO_PREFIX):
+    if not is_zoo_ref(ref):
         return ref
     from .. import model_zoo
 

@@ -1,19 +1,18 @@
 """``dlsoft train``, ``test`` and ``time``: Caffe's tool commands."""
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ..errors import DlsoftError
+from ..zoo_ref import is_zoo_ref, parse_zoo_ref
 from .app import cli, command, log, settings
-from .configure import (
-    SOLVER_TYPES, absolute_net_paths, apply_overrides, default_solver, default_test_interval,
-    has_test_phase,
-)
 from .options import (
-    ZOO_PREFIX, format_number, format_value, gpu_option, level_option, net_file, parse_gpu, phase_option,
+    LazyChoice, format_number, format_value, gpu_option, level_option, net_file, parse_gpu, phase_option,
     pick_net, require_file, resolve, stage_names, stage_option,
 )
 
@@ -33,7 +32,7 @@ def _prepare_zoo_training(ref: str, run_dir: str | None) -> tuple[str, Path]:
     """Copy a zoo entry's configs into a run directory; return (its solver path, the run dir)."""
     from .. import model_zoo
 
-    name = ref[len(ZOO_PREFIX):].partition("/")[0]
+    name, _ = parse_zoo_ref(ref)
     entry = model_zoo.get_entry(name)
     if entry.file_record("solver") is None:
         raise DlsoftError(f"zoo entry '{entry.name}' has no solver to train with")
@@ -75,6 +74,53 @@ Examples:
 """
 
 
+def _solver_types():
+    from ..solver.config import SOLVER_TYPES
+
+    return SOLVER_TYPES
+
+
+#: The flags that override a solver file's settings: one ``dlsoft.solver.config.Overrides``.
+_OVERRIDE_OPTIONS = (
+    click.option("--seed", "-seed", "seed", type=int, help="Random seed (solver's random_seed)."),
+    click.option("--lr", "--base-lr", "-base_lr", "lr", type=float, help="Base learning rate (default 0.01)."),
+    click.option("--max-iter", "-max_iter", "max_iter", type=int, help="Iterations to train (default 1000)."),
+    click.option("--batch-size", "-batch_size", "batch_size", type=int, help="Batch size of the TRAIN data layers."),
+    click.option("--solver-type", "--type", "-type", "solver_type",
+                 type=LazyChoice(_solver_types, case_sensitive=False), help="Update rule (default SGD)."),
+    click.option("--lr-policy", "-lr_policy", "lr_policy",
+                 type=click.Choice(["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"]),
+                 help="Learning-rate policy (default fixed)."),
+    click.option("--momentum", "-momentum", "momentum", type=float, help="Momentum (default 0.9)."),
+    click.option("--weight-decay", "-weight_decay", "weight_decay", type=float, help="Weight decay (default 0)."),
+    click.option("--test-interval", "-test_interval", "test_interval", type=int, help="Test every N iterations."),
+    click.option("--test-iter", "-test_iter", "test_iter", type=int, help="Batches per test (default 10)."),
+    click.option("--display", "-display", "display", type=int, help="Log the loss every N iterations."),
+    click.option("--snapshot-every", "-snapshot_every", "snapshot_every", type=int,
+                 help="Snapshot every N iterations (the solver's `snapshot`)."),
+    click.option("--snapshot-prefix", "-snapshot_prefix", "snapshot_prefix", metavar="PREFIX",
+                 help="Snapshot file prefix (files PREFIX_iter_N.caffemodel/.solverstate)."),
+    stage_option,
+    level_option,
+)
+_OVERRIDE_NAMES = ("seed", "lr", "max_iter", "batch_size", "solver_type", "lr_policy", "momentum", "weight_decay",
+                   "test_interval", "test_iter", "display", "snapshot_every", "snapshot_prefix", "stages", "level")
+
+
+def override_options(f):
+    """Declare the solver-override flags; ``f`` gets them as one ``overrides`` value."""
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        from ..solver.config import Overrides
+
+        values = {name: kwargs.pop(name) for name in _OVERRIDE_NAMES}
+        values["stages"] = stage_names(values["stages"])
+        return f(*args, overrides=Overrides(**values), **kwargs)
+    for option in reversed(_OVERRIDE_OPTIONS):
+        run = option(run)
+    return run
+
+
 @command(cli, "train", epilog=TRAIN_EXAMPLES)
 @click.argument("model", required=False, metavar="[NET|zoo:NAME]")
 @click.option("--solver", "-solver", "solver_path", metavar="FILE", help="Solver definition (prototxt or YAML).")
@@ -83,35 +129,15 @@ Examples:
               help="Start from these weights (fine-tuning; layers matched by name).")
 @click.option("--snapshot", "-snapshot", "snapshot", metavar="FILE", help="Resume from a .solverstate.")
 @gpu_option
-@click.option("--seed", "-seed", "seed", type=int, help="Random seed (solver's random_seed).")
-@click.option("--lr", "--base-lr", "-base_lr", "lr", type=float, help="Base learning rate (default 0.01).")
-@click.option("--max-iter", "-max_iter", "max_iter", type=int, help="Iterations to train (default 1000).")
-@click.option("--batch-size", "-batch_size", "batch_size", type=int, help="Batch size of the TRAIN data layers.")
-@click.option("--solver-type", "--type", "-type", "solver_type",
-              type=click.Choice(SOLVER_TYPES, case_sensitive=False), help="Update rule (default SGD).")
-@click.option("--lr-policy", "-lr_policy", "lr_policy",
-              type=click.Choice(["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"]),
-              help="Learning-rate policy (default fixed).")
-@click.option("--momentum", "-momentum", "momentum", type=float, help="Momentum (default 0.9).")
-@click.option("--weight-decay", "-weight_decay", "weight_decay", type=float, help="Weight decay (default 0).")
-@click.option("--test-interval", "-test_interval", "test_interval", type=int, help="Test every N iterations.")
-@click.option("--test-iter", "-test_iter", "test_iter", type=int, help="Batches per test (default 10).")
-@click.option("--display", "-display", "display", type=int, help="Log the loss every N iterations.")
-@click.option("--snapshot-every", "-snapshot_every", "snapshot_every", type=int,
-              help="Snapshot every N iterations (the solver's `snapshot`).")
-@click.option("--snapshot-prefix", "-snapshot_prefix", "snapshot_prefix", metavar="PREFIX",
-              help="Snapshot file prefix (files PREFIX_iter_N.caffemodel/.solverstate).")
+@override_options
 @click.option("--run-dir", "run_dir", metavar="DIR",
               help="For zoo:NAME: where to copy the entry and train (default runs/NAME).")
 @click.option("--sigint-effect", "-sigint_effect", "sigint_effect", type=click.Choice(["stop", "snapshot", "none"]),
               default=None, help="What Ctrl-C does (default: snapshot, then stop).")
 @click.option("--sighup-effect", "-sighup_effect", "sighup_effect", type=click.Choice(["stop", "snapshot", "none"]),
               default=None, help="What SIGHUP does (default: snapshot).")
-@stage_option
-@level_option
-def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed, lr, max_iter, batch_size,
-                  solver_type, lr_policy, momentum, weight_decay, test_interval, test_iter, display,
-                  snapshot_every, snapshot_prefix, run_dir, sigint_effect, sighup_effect, stages, level):
+def train_command(model, solver_path, model_option, weights, snapshot, gpu, overrides, run_dir, sigint_effect,
+                  sighup_effect):
     """Train a net: from a solver file, or a net file with default solver settings.
 
     With --solver, the solver file says everything and the flags below override it.
@@ -120,6 +146,7 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
     (zoo:NAME) is copied into a run directory and trained with its own solver.
     """
     from ..netdef import io
+    from ..solver import config
 
     model = pick_net(model, model_option, required=False)
     if gpu is not None:
@@ -130,43 +157,38 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
         raise click.UsageError("give either a net to train with default settings or --solver, not both")
     if not model and not solver_path:
         raise click.UsageError("nothing to train: give a net file, zoo:NAME, or --solver FILE")
-    if run_dir and not (model or solver_path or "").startswith(ZOO_PREFIX):
+    if run_dir and not is_zoo_ref(model or solver_path):
         raise click.UsageError("--run-dir is for training a zoo entry (zoo:NAME)")
 
     run_directory = None
-    if model and model.startswith(ZOO_PREFIX) and "/" not in model:
+    if is_zoo_ref(model) and not parse_zoo_ref(model)[1]:
         solver_path, run_directory = _prepare_zoo_training(model, run_dir)
         model = None
-    elif solver_path and solver_path.startswith(ZOO_PREFIX):
+    elif is_zoo_ref(solver_path):
         solver_path, run_directory = _prepare_zoo_training(solver_path, run_dir)
 
-    overrides = {"lr": lr, "max_iter": max_iter, "batch_size": batch_size, "solver_type": solver_type,
-                 "lr_policy": lr_policy, "test_interval": test_interval, "test_iter": test_iter,
-                 "momentum": momentum, "weight_decay": weight_decay, "display": display,
-                 "snapshot_every": snapshot_every, "snapshot_prefix": snapshot_prefix, "seed": seed,
-                 "level": level}
-    stages = stage_names(stages)
     if solver_path:
         where = solver_path
         solver_param = io.read_solver(solver_path)
         if run_directory is not None and not os.path.isabs(solver_param.snapshot_prefix or "x"):
-            overrides["snapshot_prefix"] = overrides["snapshot_prefix"] or \
-                str(run_directory / (solver_param.snapshot_prefix or "snapshot"))
-        if any(v is not None for v in overrides.values()) or stages:
-            absolute_net_paths(solver_param, solver_path)
+            overrides = replace(overrides, snapshot_prefix=overrides.snapshot_prefix
+                                or str(run_directory / (solver_param.snapshot_prefix or "snapshot")))
+        if overrides.any():
+            config.absolute_net_paths(solver_param, solver_path, resolve)
             if not solver_param.HasField("snapshot_prefix"):  # Caffe's default: the solver file's path
                 solver_param.snapshot_prefix = str(Path(solver_path).with_suffix(""))
-            apply_overrides(solver_param, where, stages=stages, **overrides)
+            config.apply_overrides(solver_param, where, overrides)
             source = solver_param
         else:
             source = solver_path  # unchanged: the solver reads it and names its lines in errors
     else:
         net_path = net_file(resolve(model, "train_val"), "train")
         where = net_path
-        solver_param = default_solver(io.read_net(net_path), name=Path(net_path).stem)
-        if test_interval is None and max_iter is not None and has_test_phase(solver_param.net_param):
-            overrides["test_interval"] = default_test_interval(max_iter) if max_iter > 0 else None
-        apply_overrides(solver_param, where, stages=stages, **overrides)
+        solver_param = config.default_solver(io.read_net(net_path), name=Path(net_path).stem)
+        max_iter = overrides.max_iter
+        if overrides.test_interval is None and max_iter is not None and config.has_test_phase(solver_param.net_param):
+            overrides = replace(overrides, test_interval=config.default_test_interval(max_iter) if max_iter > 0 else None)
+        config.apply_overrides(solver_param, where, overrides)
         source = solver_param
     weights_paths = [resolve(w, "weights") for w in weights.split(",") if w] if weights else []
     for path in weights_paths:  # fail before any work; the solver also looks beside its file
@@ -246,7 +268,7 @@ def test_command(model_arg, model, weights, iterations, gpu, phase, stages, leve
     device = parse_gpu(gpu)
     model_path = net_file(resolve(model, "train_val"), "test")
     if weights is None:
-        if not model.startswith(ZOO_PREFIX):
+        if not is_zoo_ref(model):
             raise click.UsageError("test needs --weights (the trained model to score)")
         weights = model.partition("/")[0]
     weights_path = require_file(resolve(weights, "weights"), "weights file")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from .images import load_image
 from .transform import Transformer
 
@@ -202,7 +202,7 @@ class HDF5Source:
                                     f"(datasets: {', '.join(sorted(f.keys()))})")
                 data = [np.asarray(f[n], dtype=np.float32) for n in self.names]
         except OSError as exc:
-            raise DataError(f"cannot read HDF5 file {path}: {' '.join(str(exc).split())}") from None
+            raise DataError(f"cannot read HDF5 file {path}: {one_line(exc)}") from None
         rows = {len(d) if d.ndim else 0 for d in data}
         if len(rows) != 1 or 0 in rows:
             raise DataError(f"HDF5 file {path}: datasets {self.names} must be non-empty and "

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from ..errors import DlsoftError
-from .entry import DEFAULT_FILES, NAME_RE, ZOO_FILE, Entry, atomic_write_text, dump_yaml, file_digest
+from ..fileio import atomic_write_text
+from .entry import DEFAULT_FILES, NAME_RE, ZOO_FILE, Entry, dump_yaml, file_digest
 from .index import INDEX_FILE, upsert_index_record
 
 WEIGHT_SUFFIXES = (".caffemodel", ".h5")

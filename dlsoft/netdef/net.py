@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -108,10 +109,9 @@ class Net:
                 blob = Blob((), self.device, name=name)
                 self.blobs[name] = blob
                 tops.append(blob)
-            self._check_counts(layer, layer_param, len(bottoms), tops)
+            self._add_auto_tops(layer, tops)
             try:
-                layer.setup(bottoms, tops)
-                layer.reshape(bottoms, tops)
+                layer.initialize(bottoms, tops)
             except DlsoftError as exc:
                 raise type(exc)(exc.detail if exc.path is None else str(exc), **self._where(layer_param)) from None
             for name in layer_param.bottom:
@@ -135,36 +135,18 @@ class Net:
         self.params: "OrderedDict[str, list[Blob]]" = OrderedDict(
             (layer.name, layer.blobs) for layer in self.layers if layer.blobs)
 
-    def _check_counts(self, layer: Layer, layer_param, n_bottoms: int, tops: list[Blob]) -> None:
-        def bad(what: str) -> NetDefinitionError:
-            return NetDefinitionError(f"layer '{layer.name}' (type {layer.type}): {what}", **self._where(layer_param))
-
-        if layer.exact_num_bottoms >= 0 and n_bottoms != layer.exact_num_bottoms:
-            raise bad(f"takes {layer.exact_num_bottoms} bottom blob(s), got {n_bottoms}")
-        if layer.min_bottoms >= 0 and n_bottoms < layer.min_bottoms:
-            raise bad(f"takes at least {layer.min_bottoms} bottom blob(s), got {n_bottoms}")
-        if layer.max_bottoms >= 0 and n_bottoms > layer.max_bottoms:
-            raise bad(f"takes at most {layer.max_bottoms} bottom blob(s), got {n_bottoms}")
-        wanted = max(layer.exact_num_tops, layer.min_tops)
-        if layer.auto_top_blobs and len(tops) < wanted:
-            for k in range(len(tops), wanted):  # anonymous tops the layer insists on
-                name = f"({layer.name}:{k})"
-                blob = Blob((), self.device, name=name)
-                self.blobs[name] = blob
-                tops.append(blob)
-        if layer.exact_num_tops >= 0 and len(tops) != layer.exact_num_tops:
-            raise bad(f"produces {layer.exact_num_tops} top blob(s), got {len(tops)}")
-        if layer.min_tops >= 0 and len(tops) < layer.min_tops:
-            raise bad(f"produces at least {layer.min_tops} top blob(s), got {len(tops)}")
-        if layer.max_tops >= 0 and len(tops) > layer.max_tops:
-            raise bad(f"produces at most {layer.max_tops} top blob(s), got {len(tops)}")
-        if layer.equal_num_bottom_top and n_bottoms != len(tops):
-            raise bad(f"needs as many tops as bottoms, got {n_bottoms} and {len(tops)}")
+    def _add_auto_tops(self, layer: Layer, tops: list[Blob]) -> None:
+        """Anonymous tops a layer insists on (``auto_top_blobs``), named ``(layer:k)``."""
+        for k in range(len(tops), len(tops) + layer.num_auto_tops(len(tops))):
+            name = f"({layer.name}:{k})"
+            blob = Blob((), self.device, name=name)
+            self.blobs[name] = blob
+            tops.append(blob)
 
     def _attach_loss_weights(self, layer: Layer, layer_param, tops: list[Blob]) -> None:
         weights = list(layer_param.loss_weight)
-        if not weights and layer.type.endswith("Loss") and tops:
-            weights = [1.0]  # Caffe's LossLayer default: the first top is the loss
+        if not weights and layer.default_loss_weight and tops:
+            weights = [layer.default_loss_weight]  # Caffe's LossLayer default: the first top is the loss
         if len(weights) > len(tops):
             raise NetDefinitionError(f"layer '{layer.name}': {len(weights)} loss_weight values for "
                                      f"{len(tops)} tops", **self._where(layer_param))
@@ -410,7 +392,10 @@ class Net:
         if io.file_format(path) != "binary":
             raise WeightsError("is not a binary .caffemodel (or .h5) weights file: weights files are "
                                "written by training (…_iter_N.caffemodel) or downloaded", path=path)
-        source = io.read_net(path)
+        with warnings.catch_warnings():
+            # Only names and blobs are read here: a layer's fork-ambiguous settings do not matter.
+            warnings.simplefilter("ignore", io.FileFormatWarning)
+            source = io.read_net(path)
         if not any(layer.blobs for layer in source.layer):
             raise WeightsError(f"holds no weights ({len(source.layer)} layers, none with blobs): "
                                "is it a net definition rather than a .caffemodel?", path=path)
@@ -466,27 +451,23 @@ class Net:
         io.atomic_write_bytes(path, self.to_proto().SerializeToString())
 
     def save_hdf5(self, path: str | Path) -> None:
-        """Write the weights in Caffe's HDF5 layout (``data/<layer>/<i>``), atomically."""
-        import os
-        import tempfile
+        """Write the weights in Caffe's HDF5 layout (:meth:`to_hdf5_bytes`), atomically."""
+        io.atomic_write_bytes(str(path), self.to_hdf5_bytes())
 
-        import h5py  # noqa: PLC0415
-        path = str(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".h5")
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                data = f.create_group("data")
-                for layer in self.layers:
-                    if layer.blobs:
-                        group = data.create_group(layer.name)
-                        for i, blob in enumerate(layer.blobs):
-                            group.create_dataset(str(i), data=to_numpy(blob.data))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def to_hdf5_bytes(self, write_diff: bool = False) -> bytes:
+        """The weights as Caffe's ``Net::ToHDF5`` writes them: a group ``data/<layer>`` for
+        every layer with datasets ``0, 1, ...`` (and ``diff/<layer>`` with ``write_diff``)."""
+        def fill(f) -> None:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for layer in self.layers:
+                group = data.create_group(layer.name)
+                diff_group = diff.create_group(layer.name) if diff is not None else None
+                for i, blob in enumerate(layer.blobs):
+                    group.create_dataset(str(i), data=to_numpy(blob.data))
+                    if diff_group is not None:
+                        diff_group.create_dataset(str(i), data=to_numpy(blob.diff))
+        return io.hdf5_bytes(fill)
 
     # ------------------------------------------------------------------ inspection
     def param_count(self) -> int:

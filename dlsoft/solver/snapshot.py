@@ -19,7 +19,6 @@ it refers to are complete, and an interrupted snapshot leaves the previous pair 
 """
 from __future__ import annotations
 
-import io as _io
 import json
 import os
 from dataclasses import dataclass, field
@@ -71,7 +70,7 @@ class SolverStateData:
 def write_model(net, path: str, fmt: int, write_diff: bool = False) -> None:
     """Write the net's learnable blobs as a caffemodel (binary or HDF5), atomically."""
     if fmt == HDF5:
-        io.atomic_write_bytes(path, _hdf5_bytes(lambda f: _fill_model_hdf5(f, net, write_diff)))
+        io.atomic_write_bytes(path, net.to_hdf5_bytes(write_diff))
     else:
         io.atomic_write_bytes(path, net.to_proto(write_diff=write_diff).SerializeToString())
 
@@ -79,7 +78,7 @@ def write_model(net, path: str, fmt: int, write_diff: bool = False) -> None:
 def write_state(path: str, fmt: int, state: SolverStateData) -> None:
     """Write a solverstate (binary SolverState or Caffe's HDF5 layout), atomically."""
     if fmt == HDF5:
-        io.atomic_write_bytes(path, _hdf5_bytes(lambda f: _fill_state_hdf5(f, state)))
+        io.atomic_write_bytes(path, io.hdf5_bytes(lambda f: _fill_state_hdf5(f, state)))
         return
     proto = caffe_pb2.SolverState(iter=state.iter, learned_net=state.learned_net,
                                   current_step=state.current_step)
@@ -90,27 +89,6 @@ def write_state(path: str, fmt: int, state: SolverStateData) -> None:
 
 def write_sidecar(path: str, content: dict) -> None:
     io.atomic_write_bytes(path, json.dumps(content, sort_keys=True).encode("utf-8"))
-
-
-def _hdf5_bytes(fill) -> bytes:
-    import h5py
-
-    buffer = _io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        fill(f)
-    return buffer.getvalue()
-
-
-def _fill_model_hdf5(f, net, write_diff: bool) -> None:
-    data = f.create_group("data")
-    diff = f.create_group("diff") if write_diff else None
-    for layer in net.layers:
-        group = data.create_group(layer.name)
-        diff_group = diff.create_group(layer.name) if diff is not None else None
-        for i, blob in enumerate(layer.blobs):
-            group.create_dataset(str(i), data=to_numpy(blob.data))
-            if diff_group is not None:
-                diff_group.create_dataset(str(i), data=to_numpy(blob.diff))
 
 
 def _fill_state_hdf5(f, state: SolverStateData) -> None:

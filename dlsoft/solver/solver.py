@@ -102,6 +102,7 @@ class Solver:
 
         self.iter = 0
         self.rule = RULES[p.type](p, self.net.learnable_params)
+        self._decay_scratch: dict = {}  # weight decay's work buffers, by learnable-blob index
         self._lr_policy = LearningRate(p)
         self._lr = self._lr_policy.peek(0)
         self._losses: list[float] = []
@@ -431,32 +432,48 @@ class Solver:
         net.share_trained_layers_with(self.net)
 
     def apply_update(self, params=None, display: bool = False) -> float:
-        """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``)."""
-        p = self.param
+        """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``):
+        clip, then per blob :meth:`normalize`, :meth:`regularize`, :meth:`compute_update`."""
         params = self.net.learnable_params if params is None else params
         rate = self._lr_policy(self.iter)
         self._lr = rate
         if display:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self._clip_gradients(params)
-        decay_l1 = p.regularization_type == "L1"
         for i, blob in enumerate(params):
-            diff = blob.diff
-            if p.iter_size > 1:
-                diff *= np.float32(1.0 / p.iter_size)
-            decay = np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[i])
-            if decay:
-                scratch = self.rule.scratch[i][0]
-                if decay_l1:
-                    blob.xp.sign(blob.data, out=scratch)
-                    scratch *= decay
-                else:
-                    blob.xp.multiply(blob.data, decay, out=scratch)
-                diff += scratch
-            self.rule.compute(i, float(np.float32(rate) * np.float32(self.net.params_lr[i])), self.iter)
+            self.normalize(i, blob)
+            self.regularize(i, blob)
+            self.compute_update(i, rate)
         for blob in params:  # Net::Update
             blob.data -= blob.diff
         return rate
+
+    def normalize(self, index: int, blob) -> None:
+        """Divide the accumulated gradient by ``iter_size`` (``SGDSolver::Normalize``)."""
+        if self.param.iter_size > 1:
+            blob.diff *= np.float32(1.0 / self.param.iter_size)
+
+    def regularize(self, index: int, blob) -> None:
+        """Add weight decay to the gradient (``SGDSolver::Regularize``): L2 ``wd*decay_mult*w``,
+        L1 ``wd*decay_mult*sign(w)``, computed in the solver's own scratch buffer."""
+        decay = np.float32(self.param.weight_decay) * np.float32(self.net.params_weight_decay[index])
+        if not decay:
+            return
+        scratch = self._decay_scratch.get(index)
+        if scratch is None or scratch.shape != blob.shape:
+            with blob.device.activate():
+                scratch = self._decay_scratch[index] = blob.xp.empty(blob.shape, np.float32)
+        if self.param.regularization_type == "L1":
+            blob.xp.sign(blob.data, out=scratch)
+            scratch *= decay
+        else:
+            blob.xp.multiply(blob.data, decay, out=scratch)
+        blob.diff += scratch
+
+    def compute_update(self, index: int, rate: float) -> None:
+        """The update rule turns the gradient into the update (``ComputeUpdateValue``),
+        with the rate times the blob's ``lr_mult``."""
+        self.rule.compute(index, float(np.float32(rate) * np.float32(self.net.params_lr[index])), self.iter)
 
     def _clip_gradients(self, params) -> None:
         clip = self.param.clip_gradients
