@@ -350,20 +350,24 @@ def _is_phase_name(value) -> bool:
 class _PycaffeSolver(_DlsoftSolver):
     """A dlsoft solver whose nets are :class:`Net`, built on the current ``set_mode_*`` device.
 
-    As pycaffe, it writes no metrics file and shows no progress bar (logging only).
+    As pycaffe, it writes no metrics file and shows no progress bar (logging only). The
+    subclasses set ``solver_type``: ``AdamSolver(file)`` is Adam whatever the file says.
     """
 
     net_class = Net
-    solver_type: str | None = None
 
     def __init__(self, filename, **options):
         options.setdefault("device", current_device())
         options.setdefault("metrics", False)
         options.setdefault("progress_bar", False)
-        super().__init__(filename, solver_type=self.solver_type, **options)
+        super().__init__(filename, **options)
 
     def solve(self, resume_file=None) -> None:
         super().solve(resume_file)
+
+    def share_weights(self, net: _DlsoftNet) -> None:
+        """Make ``net`` use this solver's train-net parameters for same-named layers."""
+        net.share_trained_layers_with(self.net)
 
 
 class SGDSolver(_PycaffeSolver):

@@ -19,11 +19,9 @@ fill ``solver.net.blobs["data"].data`` by hand before each ``step(1)``, as with 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -37,9 +35,10 @@ from ..errors import SolverError
 from ..netdef import io
 from ..netdef.net import Net
 from ..protos import caffe_pb2
+from . import config
 from . import snapshot as snap
 from .lr_policy import POLICIES, LearningRate
-from .progress import Progress, fmt
+from .progress import Progress, fmt, start_metrics
 from .signals import NONE, SNAPSHOT, STOP, SignalHandler, check_effect
 from .updates import RULES
 
@@ -59,18 +58,16 @@ class Solver:
     is the JSON-lines metrics file (default ``<snapshot_prefix>_metrics.jsonl``; False for
     none). ``progress_bar`` None shows a bar only when stderr is a terminal.
 
-    ``solver_type`` (SGD, Nesterov, ...) replaces the file's ``type``, as pycaffe's
-    ``AdamSolver(file)`` is an Adam solver whatever the file says.
-
     Net paths in the solver file are used as written (relative to the working directory,
     as Caffe does) and, when no such file exists, relative to the solver file's folder.
     """
 
-    #: The class the train and test nets are built with (pycaffe's solvers build ``caffe.Net``).
+    #: The nets' class, and a ``type`` overriding the file's (pycaffe's ``caffe.Net``, ``AdamSolver``).
     net_class: type[Net] = Net
+    solver_type: str | None = None
 
     def __init__(self, param, device="cpu", *, weights=None, metrics=None, progress_bar=None,
-                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT, solver_type: str | None = None):
+                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT):
         if isinstance(param, (str, os.PathLike)):
             self.path: str | None = str(param)
             param = io.read_solver(self.path)
@@ -81,8 +78,7 @@ class Solver:
             raise TypeError(f"param must be a path or a SolverParameter, not {type(param).__name__}")
         self.param = caffe_pb2.SolverParameter()
         self.param.CopyFrom(param)
-        if solver_type is not None:
-            self.param.type = solver_type
+        self.param.type = self.solver_type or self.param.type
         self._set_snapshot_prefix()
         self._validate()
         self.sigint_effect = check_effect(sigint_effect, "sigint_effect")
@@ -117,11 +113,11 @@ class Solver:
         if metrics is None:
             metrics = f"{p.snapshot_prefix}_metrics.jsonl" if p.snapshot_prefix else False
         self.metrics_path: str | None = str(metrics) if metrics else None
-        self._metrics_started = False
+        self._metrics_started = False  # a run's first step begins its records (progress.start_metrics)
 
     # ------------------------------------------------------------------ set-up
     def _error(self, field: str, message: str) -> SolverError:
-        return SolverError(f"{field}: {message}", path=self.path, line=_field_line(self.path, field))
+        return SolverError(f"{field}: {message}", path=self.path, line=config.field_line(self.path, field))
 
     def _set_snapshot_prefix(self) -> None:
         """Caffe's UpgradeSnapshotPrefixProperty: default to the solver file's path without extension."""
@@ -177,18 +173,13 @@ class Solver:
             raise self._error("test_interval", "must be > 0 when test nets are given (test_iter)")
         if any(n <= 0 for n in p.test_iter):
             raise self._error("test_iter", "every value must be > 0")
-        if p.snapshot > 0 and not p.snapshot_prefix:
-            raise self._error("snapshot_prefix", "not set but snapshot is")
-        if p.snapshot_prefix:
-            # Checked whatever `snapshot` says: the final snapshot (snapshot_after_train) and
-            # the metrics file go there too, and an hour of training should not end on it.
+        if p.snapshot > 0 or p.snapshot_prefix:  # whatever `snapshot` says: the final snapshot goes there too
             folder = os.path.dirname(p.snapshot_prefix) or "."
-            if not os.path.isdir(folder):
-                raise self._error("snapshot_prefix", f"the folder '{folder}' of '{p.snapshot_prefix}' does not "
-                                                     "exist: create it or change snapshot_prefix")
-            if not os.access(folder, os.W_OK):
-                raise self._error("snapshot_prefix", f"the folder '{folder}' of '{p.snapshot_prefix}' is not "
-                                                     "writable: change snapshot_prefix")
+            if not p.snapshot_prefix:
+                raise self._error("snapshot_prefix", "not set but snapshot is")
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise self._error("snapshot_prefix", f"the folder '{folder}' of '{p.snapshot_prefix}' does not exist "
+                                                     "or is not writable: create it or change snapshot_prefix")
 
     def _resolve(self, path: str, field: str) -> str:
         """As written (relative to the working directory, as Caffe), else next to the solver file."""
@@ -214,9 +205,6 @@ class Solver:
             state.MergeFrom(override)
         return self.net_class(model, phase=PHASE_NAMES[state.phase], level=state.level,
                               stages=list(state.stage), device=self.device)
-
-    def _train_field(self) -> str:
-        return next(f for f in ("train_net_param", "train_net", "net_param", "net") if self.param.HasField(f))
 
     def _build_train_net(self) -> Net:
         p = self.param
@@ -276,14 +264,12 @@ class Solver:
     def step(self, iters: int) -> None:
         """Run ``iters`` iterations (Caffe's ``Solver::Step``)."""
         p = self.param
-        if iters > 0 and not any(self.net.blob_loss_weights.values()):
-            # Caffe would run forward/backward with nothing to learn from; refuse instead.
-            raise self._error(self._train_field(), f"the train net '{self.net.name}' has no loss: add a loss layer "
-                                                   "(SoftmaxWithLoss, EuclideanLoss, ...) or a loss_weight on a "
-                                                   "top; there is nothing to train")
+        if iters > 0 and not any(self.net.blob_loss_weights.values()):  # Caffe would train nothing, silently
+            raise SolverError(f"the train net '{self.net.name}' has no loss: add a loss layer (SoftmaxWithLoss, "
+                              "EuclideanLoss, ...) or a loss_weight on a top", path=self.path)
         start_iter, stop_iter = self.iter, self.iter + int(iters)
         if not self._metrics_started:
-            self._start_metrics()
+            self.metrics_path, self._metrics_started = start_metrics(self.metrics_path, self.iter), True
         self._losses, self.smoothed_loss = [], 0.0
         params = self.net.learnable_params
         progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 else False,
@@ -364,36 +350,6 @@ class Solver:
         finally:
             self._signals = None
 
-    def _start_metrics(self) -> None:
-        """Begin this run's records in the metrics file, once per solver.
-
-        A run from iteration 0 starts the file afresh; a resumed run keeps the records
-        before its iteration (its own history) and drops those from that iteration on,
-        which the interrupted run wrote after its snapshot, so nothing is recorded twice
-        and ``dlsoft plot`` never joins two runs. A ``{"phase": "run"}`` record marks the start.
-        """
-        self._metrics_started = True
-        if self.metrics_path is None:
-            return
-        kept: list[str] = []
-        if self.iter > 0 and os.path.isfile(self.metrics_path):
-            with open(self.metrics_path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] < self.iter:
-                        kept.append(json.dumps(record))
-        start = {"phase": "run", "iter": self.iter, "time": round(time.time(), 3),
-                 "start": "resumed" if self.iter > 0 else "fresh"}
-        kept.append(json.dumps(start))
-        try:
-            io.atomic_write_bytes(self.metrics_path, ("\n".join(kept) + "\n").encode("utf-8"))
-        except OSError as exc:
-            log.warning("cannot write metrics file %s (%s); metrics are not recorded", self.metrics_path, exc)
-            self.metrics_path = None
-
     def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
         """Caffe's UpdateSmoothedLoss: the mean of the last ``average_loss`` losses."""
         average = self.param.average_loss
@@ -422,14 +378,8 @@ class Solver:
         return report
 
     def add_callback(self, on_start, on_gradients_ready) -> None:
-        """Call ``on_start()`` at the start of each iteration (after any test) and
-        ``on_gradients_ready()`` once its gradients are accumulated, before the update
-        (Caffe's ``Solver::Callback``)."""
+        """Caffe's Solver::Callback: ``on_start()`` begins each iteration, ``on_gradients_ready()`` precedes its update."""
         self._callbacks.append((on_start, on_gradients_ready))
-
-    def share_weights(self, net: Net) -> None:
-        """Make ``net`` use this solver's train-net parameters for same-named layers (pycaffe)."""
-        net.share_trained_layers_with(self.net)
 
     def apply_update(self, params=None, display: bool = False) -> float:
         """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``):
@@ -651,20 +601,6 @@ def get_solver(path, device="cpu", **options) -> Solver:
 def _short(value) -> float:
     """A float32 quantity as its shortest decimal (0.01, not 0.009999999776)."""
     return float(f"{float(value):.7g}")
-
-
-def _field_line(path: str | None, field: str) -> int | None:
-    """The line where ``field`` is first set in a solver file, for error messages."""
-    if path is None or not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                if re.match(rf"\s*{re.escape(field)}\s*:", line):
-                    return number
-    except OSError:
-        return None
-    return None
 
 
 @contextlib.contextmanager
