@@ -215,3 +215,21 @@ def test_mode_device_and_module_functions(caplog):
     timer.stop()
     assert timer.ms >= 0.0
     assert isinstance(DeviceError("x"), DlsoftError)
+
+
+STAGED = """
+name: "staged"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "deep" type: "InnerProduct" bottom: "data" top: "out" include { stage: "deep" min_level: 1 }
+        inner_product_param { num_output: 5 } }
+layer { name: "plain" type: "InnerProduct" bottom: "data" top: "out" exclude { stage: "deep" }
+        inner_product_param { num_output: 2 } }
+"""
+
+
+def test_level_and_stages_select_layers(tmp_path):
+    path = tmp_path / "staged.prototxt"
+    path.write_text(STAGED)
+    assert caffe.Net(str(path), caffe.TEST)._layer_names == ["data", "plain"]
+    assert caffe.Net(str(path), caffe.TEST, stages=["deep"], level=1)._layer_names == ["data", "deep"]
+    assert caffe.Net(str(path), caffe.TEST, 0, ["deep"])._layer_names == ["data"]  # level 0 < min_level
