@@ -142,3 +142,12 @@ def test_transformer_pixel_mean_is_resized_to_the_input():
     transformer.set_mean("data", mean)
     assert transformer.mean["data"].shape == (3, 4, 4)
     np.testing.assert_allclose(transformer.mean["data"][1], 50.0)
+
+
+def test_dlsofts_own_reader_has_another_name_and_caffes_layout(photo):
+    from dlsoft.data import images
+    path, rgb = photo
+    assert not hasattr(images, "load_image")  # caffe.io.load_image is pycaffe's, with its own layout
+    chw = images.read_image(path)
+    assert chw.dtype == np.uint8 and chw.shape == (3, 12, 16)
+    np.testing.assert_array_equal(chw, rgb[:, :, ::-1].transpose(2, 0, 1))  # BGR, channels first

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, one_line
-from .images import load_image
+from .images import read_image
 from .transform import Transformer
 
 #: float32 holds every integer up to 2**24 exactly; larger labels would be silently changed.
@@ -137,7 +137,7 @@ class ImageListReader:
     def _load(self, index: int):
         name, label = self.entries[index]
         path = self.root + name
-        return path, load_image(path, *self.size, is_color=self.is_color), label
+        return path, read_image(path, *self.size, is_color=self.is_color), label
 
     def first(self):
         return self._load(0)
