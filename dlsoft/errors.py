@@ -49,3 +49,7 @@ class DataError(DlsoftError):
 
 class DeviceError(DlsoftError):
     """The requested device is not available (no cupy, no GPU, bad index)."""
+
+
+class DistributedError(DlsoftError):
+    """Data-parallel training could not start, or a rank was lost while it ran."""

@@ -10,8 +10,10 @@ DOC = ROOT / "ARCHITECTURE.md"
 
 #: Higher may import lower (or the same rank), never the reverse.
 RANKS = {
-    "cli": 6, "__main__": 6, "caffe": 6,
-    "solver": 5, "model_zoo": 5, "zoo": 5, "timing": 5, "plot": 5, "__init__": 5,
+    "cli": 6, "__main__": 6,
+    "distributed": 5.5,  # between the CLI and the solver it drives
+    "caffe": 6,  # pycaffe's API, beside the CLI, on top
+    "solver": 5, "model_zoo": 5, "zoo": 5, "onnx": 5, "timing": 5, "plot": 5, "__init__": 5,
     "netdef": 4,
     "layers": 3,
     "data": 2,

@@ -365,9 +365,39 @@ class _PycaffeSolver(_DlsoftSolver):
     def solve(self, resume_file=None) -> None:
         super().solve(resume_file)
 
+    def add_callback(self, on_start, on_gradients_ready=None) -> None:
+        """pycaffe's ``add_callback(on_start, on_gradients_ready)``: ``on_start()`` begins each
+        iteration, ``on_gradients_ready()`` follows its forward/backward passes, before the update.
+
+        A single object with dlsoft's callback methods (``on_gradients_ready(solver, loss)``)
+        is added as it is.
+        """
+        if on_gradients_ready is None and hasattr(on_start, "on_gradients_ready"):
+            super().add_callback(on_start)
+        else:
+            super().add_callback(_Callback(on_start, on_gradients_ready))
+
     def share_weights(self, net: _DlsoftNet) -> None:
         """Make ``net`` use this solver's train-net parameters for same-named layers."""
         net.share_trained_layers_with(self.net)
+
+
+class _Callback:
+    """Two pycaffe callables in dlsoft's callback protocol (:mod:`dlsoft.solver.solver`)."""
+
+    def __init__(self, on_start, on_gradients_ready):
+        self._on_start, self._on_gradients_ready = on_start, on_gradients_ready
+
+    def on_start(self, solver) -> None:
+        pass  # dlsoft's on_start begins a step() call; pycaffe's each iteration (below)
+
+    def on_iteration_start(self, solver) -> None:
+        self._on_start()
+
+    def on_gradients_ready(self, solver, loss: float) -> float:
+        if self._on_gradients_ready is not None:
+            self._on_gradients_ready()
+        return loss
 
 
 class SGDSolver(_PycaffeSolver):

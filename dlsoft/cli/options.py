@@ -79,37 +79,42 @@ def net_file(path: str, command: str) -> str:
     return path
 
 
-def parse_gpu(spec: str | None, flag: str = "--gpu") -> str:
-    """Caffe's ``-gpu`` value (``0``, ``1,2`` or ``all``) as a device: the first GPU (multi-GPU is not supported).
+def parse_gpus(spec: str | None, flag: str = "--gpu") -> list[int]:
+    """Caffe's ``-gpu`` value (``0``, ``1,2`` or ``all``) as GPU numbers ([] for none).
 
     A GPU that is not there is an error naming the flag, before any file is read.
     """
     if spec is None or spec == "":
-        return "cpu"
+        return []
     from ..backend import gpu_count
 
     spec = spec.strip().lower()
-    if spec == "all":
-        count = gpu_count()
-        if count == 0:
-            raise DlsoftError("--gpu all: no GPU is available (install dlsoft[gpu] on a machine with an NVIDIA GPU)")
-        ids = list(range(count))
-    else:
-        try:
-            ids = [int(part) for part in spec.split(",") if part.strip()]
-        except ValueError:
-            raise DlsoftError(f"--gpu expects a GPU number, a comma-separated list or 'all', got '{spec}'") from None
-        if not ids or any(i < 0 for i in ids):
-            raise DlsoftError(f"--gpu expects non-negative GPU numbers, got '{spec}'")
     count = gpu_count()
+    if spec == "all":
+        if count == 0:
+            raise DlsoftError(f"{flag} all: no GPU is available (install dlsoft[gpu] on a machine with an NVIDIA GPU)")
+        return list(range(count))
+    try:
+        ids = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise DlsoftError(f"{flag} expects a GPU number, a comma-separated list or 'all', got '{spec}'") from None
+    if not ids or any(i < 0 for i in ids):
+        raise DlsoftError(f"{flag} expects non-negative GPU numbers, got '{spec}'")
     if count == 0:
         raise DlsoftError(f"{flag} {spec}: no GPU is available here (cupy with a CUDA device; install "
                           "dlsoft[gpu] on a machine with an NVIDIA GPU), leave out the flag to run on the CPU")
     if max(ids) >= count:
         raise DlsoftError(f"{flag} {spec}: only {count} GPU(s) are present (numbered 0 to {count - 1})")
+    return ids
+
+
+def parse_gpu(spec: str | None, flag: str = "--gpu") -> str:
+    """Caffe's ``-gpu`` value as one device: the first GPU when several are given (``train`` uses them all)."""
+    ids = parse_gpus(spec, flag)
+    if not ids:
+        return "cpu"
     if len(ids) > 1:
-        log.warning("multi-GPU training is not supported yet: using GPU %d only (of %s)", ids[0],
-                    ", ".join(map(str, ids)))
+        log.warning("this command runs on one GPU: using GPU %d only (of %s)", ids[0], ", ".join(map(str, ids)))
     return f"gpu:{ids[0]}"
 
 
@@ -120,7 +125,8 @@ def phase_option(default: str, allow_all: bool = False):
 
 
 gpu_option = click.option("--gpu", "-gpu", "gpu", metavar="N|N,M|all",
-                           help="Run on this GPU (Caffe's -gpu); the first one when several are given.")
+                           help="Run on this GPU (Caffe's -gpu); train: several (or all) train "
+                                "data-parallel, one process per GPU.")
 
 stage_option = click.option("--stage", "-stage", "stages", multiple=True, metavar="NAME",
                              help="A NetState stage to include layers for (repeatable; or comma-separated).")

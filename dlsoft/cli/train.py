@@ -12,8 +12,8 @@ from ..errors import DlsoftError
 from ..zoo_ref import is_zoo_ref, parse_zoo_ref
 from .app import cli, command, log, settings
 from .options import (
-    LazyChoice, format_number, format_value, gpu_option, level_option, net_file, parse_gpu, phase_option,
-    pick_net, require_file, resolve, stage_names, stage_option,
+    LazyChoice, format_number, format_value, gpu_option, level_option, net_file, parse_gpu, parse_gpus,
+    phase_option, pick_net, require_file, resolve, stage_names, stage_option,
 )
 
 
@@ -71,6 +71,14 @@ Examples:
   dlsoft train --solver lenet_solver.prototxt --snapshot lenet_iter_5000.solverstate
   dlsoft train net.prototxt --lr 0.05 --max-iter 500 --batch-size 32
   dlsoft train zoo:lenet_mnist --max-iter 1000
+
+\b
+Data-parallel (rank r of N reads batches r, r+N, ...; N ranks at batch B train as one
+process at batch N*B; rank 0 logs, tests and snapshots; resume on any number of ranks):
+  mpirun -n 4 dlsoft train --solver s.prototxt            N processes (pip install 'dlsoft[mpi]')
+  mpirun -n 8 --hostfile hosts dlsoft train --solver s.prototxt
+                                   N machines: hosts lists 'name slots=K' per line
+  dlsoft train --solver s.prototxt --gpu all              one process per GPU, NCCL (or --gpu 0,1)
 """
 
 
@@ -136,8 +144,14 @@ def override_options(f):
               default=None, help="What Ctrl-C does (default: snapshot, then stop).")
 @click.option("--sighup-effect", "-sighup_effect", "sighup_effect", type=click.Choice(["stop", "snapshot", "none"]),
               default=None, help="What SIGHUP does (default: snapshot).")
+@click.option("--distributed", "distributed", type=click.Choice(["auto", "mpi", "nccl", "none"]), default="auto",
+              show_default=True, help="Data-parallel transport: auto (MPI under mpirun/mpiexec/srun, NCCL "
+                                      "with --gpu all), or force one; none trains alone.")
+@click.option("--heartbeat-timeout", "heartbeat_timeout", type=click.FloatRange(min=1), default=None,
+              metavar="SECONDS", help="Data-parallel: a rank silent this long is lost and the job stops "
+                                      "(default 20).")
 def train_command(model, solver_path, model_option, weights, snapshot, gpu, overrides, run_dir, sigint_effect,
-                  sighup_effect):
+                  sighup_effect, distributed, heartbeat_timeout):
     """Train a net: from a solver file, or a net file with default solver settings.
 
     With --solver, the solver file says everything and the flags below override it.
@@ -150,7 +164,7 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
 
     model = pick_net(model, model_option, required=False)
     if gpu is not None:
-        parse_gpu(gpu)  # a GPU that is not there: say so (naming the flag) before reading any file
+        parse_gpus(gpu)  # a GPU that is not there: say so (naming the flag) before reading any file
     if weights and snapshot:
         raise click.UsageError("give either --weights (start from weights) or --snapshot (resume), not both")
     if model and solver_path:
@@ -197,8 +211,27 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
             raise DlsoftError("weights file not found", path=path)
     if snapshot:
         snapshot = require_file(resolve(snapshot, "solverstate"), "solver state")
-    device = _train_device(gpu, solver_param)
-    _run_training(source, where, device, weights_paths, snapshot, sigint_effect, sighup_effect)
+    from ..distributed import launch, runner
+
+    gpus = parse_gpus(gpu)
+    kind = runner.wanted(None if distributed == "auto" else distributed)
+    if kind is None and distributed == "auto" and launch.mpi_world() and gpus:
+        kind = None if launch.world_size() == 1 else "nccl"  # MPI ranks each owning a GPU, NCCL between
+    if kind is None and len(gpus) > 1 and distributed != "none":
+        code = runner.spawn_for_gpus(gpus, _child_arguments())  # Caffe's -gpu all: one process per GPU
+        raise SystemExit(code)
+    device = "cpu" if kind else _train_device(gpu, solver_param)
+    if kind == "nccl" and not launch.spawned_rank() and not gpus:
+        raise click.UsageError("--distributed nccl needs --gpu (the GPUs the ranks share out)")
+    _run_training(source, where, device, weights_paths, snapshot, sigint_effect, sighup_effect,
+                  kind=kind, random_seed=solver_param.random_seed, heartbeat_timeout=heartbeat_timeout, gpus=gpus)
+
+
+def _child_arguments() -> list[str]:
+    """This command line again, for the one-process-per-GPU children (they find their GPU in the environment)."""
+    import sys
+
+    return list(sys.argv[1:])
 
 
 def _train_device(gpu: str | None, solver_param) -> str:
@@ -218,26 +251,39 @@ def _train_device(gpu: str | None, solver_param) -> str:
 
 
 def _run_training(source, where: str, device: str, weights: list[str], snapshot: str | None,
-                  sigint_effect: str | None, sighup_effect: str | None) -> None:
+                  sigint_effect: str | None, sighup_effect: str | None, kind: str | None = None,
+                  random_seed: int = -1, heartbeat_timeout: float | None = None, gpus=None) -> None:
     from ..solver import Solver
 
     options = {name: value for name, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect))
                if value is not None}
-    try:
-        solver = Solver(source, device=device, weights=weights or None,
-                        progress_bar=False if settings.quiet else None, **options)
-    except DlsoftError as exc:
-        if exc.path is None:  # built from a message: name the file it came from
-            raise type(exc)(exc.detail, path=where) from None
-        raise
-    with solver:
-        solver.solve(resume=snapshot)
+
+    def build(shard=None, rank_device=None):
+        try:
+            return Solver(source, device=rank_device or device, weights=weights or None,
+                          progress_bar=False if settings.quiet else None, shard=shard, **options)
+        except DlsoftError as exc:
+            if exc.path is None:  # built from a message: name the file it came from
+                raise type(exc)(exc.detail, path=where) from None
+            raise
+
+    def report(solver):
         p = solver.param
         finished = solver.iter >= p.max_iter
         if finished and solver.test_nets and not (p.test_interval and solver.iter % p.test_interval == 0):
             log.info("Testing the final weights (iteration %d)", solver.iter)
             solver.test_all()  # the scores reported below are then those of the final weights
         _print_results(solver)
+
+    if kind is not None:  # one rank of a data-parallel job; rank 0 reports
+        from ..distributed import runner
+
+        runner.train(kind, build, snapshot, random_seed=random_seed, report=report,
+                     heartbeat_timeout=heartbeat_timeout, gpus=gpus)
+        return
+    with build() as solver:
+        solver.solve(resume=snapshot)
+        report(solver)
 
 
 # ============================================================================ test

@@ -13,12 +13,13 @@ import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..backend import Device, parse_device, to_numpy
 from ..blob import Blob
+from ..data.shard import WHOLE, Shard
 from ..errors import DlsoftError, NetDefinitionError, WeightsError
 from ..layers import Layer, create_layer
 from ..protos import caffe_pb2
@@ -32,15 +33,17 @@ PHASE_NAMES = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
 class Net:
     """A network built from a prototxt/YAML file or a NetParameter.
 
-    ``Net(model, phase="TEST", weights=None, stages=(), level=0, device="cpu")``
+    ``Net(model, phase="TEST", weights=None, stages=(), level=0, device="cpu", shard=None)``
 
     Attributes mirror pycaffe: ``blobs`` (name -> Blob), ``params`` (layer name -> list
     of Blobs), ``layers``, ``layer_names``, ``inputs``, ``outputs``. Blob arrays live on
-    the net's device (numpy on the CPU, cupy on a GPU).
+    the net's device (numpy on the CPU, cupy on a GPU). ``shard`` (a
+    :class:`~dlsoft.data.shard.Shard`) makes the data layers read one rank's share.
     """
 
     def __init__(self, model, phase: str = "TRAIN", weights: str | Path | None = None,
-                 stages: Iterable[str] = (), level: int | None = None, device="cpu"):
+                 stages: Iterable[str] = (), level: int | None = None, device="cpu",
+                 shard: Shard | None = None):
         if isinstance(model, (str, Path)):
             self.source: str | None = str(model)
             net_param = io.read_net(model)
@@ -65,6 +68,8 @@ class Net:
         self._inserted_splits = {layer.name for layer in self.net_param.layer} - \
             {layer.name for layer in filtered.layer}
         self.force_backward = net_param.force_backward
+        self.shard: Shard = shard or WHOLE
+        self._after_backward: list[Callable[[int], None]] = []
 
         self.layers: list[Layer] = []
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
@@ -76,6 +81,7 @@ class Net:
         self._loss_tops: list[tuple[Blob, float]] = []
         self._param_owner: dict[str, tuple[int, int]] = {}
         self.learnable_params: list[Blob] = []
+        self._param_layer: list[int] = []
         self.params_lr: list[float] = []
         self.params_weight_decay: list[float] = []
         self._reshaped_for: list[tuple] = []
@@ -97,6 +103,8 @@ class Net:
                 layer = create_layer(layer_param, phase=self.phase, device=self.device)
             except DlsoftError as exc:
                 raise NetDefinitionError(f"layer '{layer_param.name}': {exc.detail}", **self._where(layer_param)) from None
+            if getattr(layer, "shardable", False):
+                layer.shard = self.shard  # before setup: the source is built there
             bottoms = [available[name] for name in layer_param.bottom]
             tops = []
             for name in layer_param.top:
@@ -172,6 +180,7 @@ class Net:
                 if spec.name:
                     self._param_owner[spec.name] = (layer_index, i)
                 self.learnable_params.append(blob)
+                self._param_layer.append(layer_index)
                 self.params_lr.append(lr_mult)
                 self.params_weight_decay.append(decay_mult)
                 continue
@@ -315,6 +324,26 @@ class Net:
             for i in range(start, end - 1, -1):
                 if self.layer_need_backward[i]:
                     self.layers[i].backward(self.top_ids[i], self.bottom_need_backward[i], self.bottom_ids[i])
+                for callback in self._after_backward:
+                    callback(i)
+
+    def add_after_backward(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(i)`` after layer ``i``'s backward, for every layer a backward pass visits.
+
+        Caffe's ``Net::add_after_backward``. Layers are visited from the last to the first,
+        skipped ones included, so once ``callback(i)`` runs the parameter gradients of the
+        layers ``i`` and above are final for this pass (data-parallel training starts
+        their allreduce there while backward goes on below).
+        """
+        self._after_backward.append(callback)
+
+    def param_layers(self) -> list[int]:
+        """For each of ``learnable_params``, the index of the layer that owns it.
+
+        The owner is the first layer using the blob (sharing layers come later), so the
+        gradient is complete once backward has passed it.
+        """
+        return list(self._param_layer)
 
     def forward_backward(self) -> float:
         """One forward and backward pass (what the solver runs); returns the loss."""
@@ -449,6 +478,11 @@ class Net:
             self.save_hdf5(path)
             return
         io.atomic_write_bytes(path, self.to_proto().SerializeToString())
+
+    def export_onnx(self, path: str | Path, static_batch: bool = False, outputs=None):
+        """Write the net with its current weights as ONNX (needs ``dlsoft[onnx]``); see dlsoft.onnx."""
+        from ..onnx import export_net  # noqa: PLC0415 - optional, heavy
+        return export_net(self, path, static_batch=static_batch, outputs=outputs)
 
     def save_hdf5(self, path: str | Path) -> None:
         """Write the weights in Caffe's HDF5 layout (:meth:`to_hdf5_bytes`), atomically."""

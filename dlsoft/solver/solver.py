@@ -15,10 +15,16 @@ Per iteration, as ``Solver::Step`` and ``SGDSolver::ApplyUpdate``:
 
 The solver only runs ``forward_backward``: it never writes input blobs, so a user may
 fill ``solver.net.blobs["data"].data`` by hand before each ``step(1)``, as with pycaffe.
+
+Data-parallel training (:mod:`dlsoft.distributed`) plugs in with ``shard`` (this rank's
+share of the train data; only rank 0, the root solver, tests, logs and snapshots) and
+:meth:`Solver.add_callback` (Caffe's ``Solver::Callback``): ``on_start(solver)`` at each
+``step``, ``on_gradients_ready(solver, loss) -> loss`` after each iteration's passes, before
+the update (average the diffs in place, return the agreed loss, or raise ``StopNow``); an
+optional ``on_iteration_start(solver)`` begins each iteration (pycaffe's ``on_start``).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -31,6 +37,7 @@ import numpy as np
 
 from .. import random as dl_random
 from ..backend import parse_device, to_numpy
+from ..data.shard import Shard
 from ..errors import SolverError
 from ..netdef import io
 from ..netdef.net import Net
@@ -39,7 +46,7 @@ from . import config
 from . import snapshot as snap
 from .lr_policy import POLICIES, LearningRate
 from .progress import Progress, fmt, start_metrics
-from .signals import NONE, SNAPSHOT, STOP, SignalHandler, check_effect
+from .signals import NONE, SNAPSHOT, STOP, SignalHandler, StopNow, check_effect
 from .updates import RULES
 
 log = logging.getLogger(__name__)
@@ -52,11 +59,12 @@ class Solver:
     """Trains a net as Caffe's solver does; pycaffe's attributes and methods.
 
     ``Solver(param, device="cpu", weights=None, metrics=None, progress_bar=None,
-    sigint_effect="stop", sighup_effect="snapshot")``: ``param`` is a solver file
+    sigint_effect="stop", sighup_effect="snapshot", shard=None)``: ``param`` is a solver file
     (prototxt/YAML) or a SolverParameter. ``weights`` (a path, comma-separated paths or
     a list) are caffemodels to fine-tune from, added to the file's ``weights``. ``metrics``
     is the JSON-lines metrics file (default ``<snapshot_prefix>_metrics.jsonl``; False for
-    none). ``progress_bar`` None shows a bar only when stderr is a terminal.
+    none). ``progress_bar`` None shows a bar only when stderr is a terminal. ``shard``
+    (a :class:`~dlsoft.data.shard.Shard`): one rank's solver in data-parallel training.
 
     Net paths in the solver file are used as written (relative to the working directory,
     as Caffe does) and, when no such file exists, relative to the solver file's folder.
@@ -67,7 +75,7 @@ class Solver:
     solver_type: str | None = None
 
     def __init__(self, param, device="cpu", *, weights=None, metrics=None, progress_bar=None,
-                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT):
+                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT, shard: Shard | None = None):
         if isinstance(param, (str, os.PathLike)):
             self.path: str | None = str(param)
             param = io.read_solver(self.path)
@@ -83,12 +91,17 @@ class Solver:
         self._validate()
         self.sigint_effect = check_effect(sigint_effect, "sigint_effect")
         self.sighup_effect = check_effect(sighup_effect, "sighup_effect")
+        self.sigterm_effect: str | None = None  # data-parallel runs treat SIGTERM as SIGINT
         self.device = parse_device(device)
+        self.shard = shard
+        #: only the root solver (rank 0) tests, logs and snapshots (Caffe's root_solver)
+        self.root_solver = shard is None or shard.rank == 0
+        self._callbacks: list = []
         p = self.param
         if p.random_seed >= 0:
             dl_random.set_seed(p.random_seed)
         self.net: Net = self._build_train_net()
-        self.test_nets: list[Net] = self._build_test_nets()
+        self.test_nets: list[Net] = self._build_test_nets() if self.root_solver else []
         for test_net in self.test_nets:
             test_net.share_trained_layers_with(self.net)
         for path in self._weight_files(weights):
@@ -106,7 +119,6 @@ class Solver:
         self._forwards = [0] * (1 + len(self.test_nets))  # batches each net's data layers delivered
         self._signals: SignalHandler | None = None
         self._requested_early_exit = False
-        self._callbacks: list[tuple] = []
         self.last_snapshot: str | None = None
         self.test_scores: list[OrderedDict] = [OrderedDict() for _ in self.test_nets]
         self.progress_bar = progress_bar
@@ -203,8 +215,8 @@ class Solver:
         state.MergeFrom(file_state)
         if override is not None:
             state.MergeFrom(override)
-        return self.net_class(model, phase=PHASE_NAMES[state.phase], level=state.level,
-                              stages=list(state.stage), device=self.device)
+        return self.net_class(model, phase=PHASE_NAMES[state.phase], level=state.level, stages=list(state.stage),
+                              device=self.device, shard=self.shard if phase == caffe_pb2.TRAIN else None)
 
     def _build_train_net(self) -> Net:
         p = self.param
@@ -272,9 +284,12 @@ class Solver:
             self.metrics_path, self._metrics_started = start_metrics(self.metrics_path, self.iter), True
         self._losses, self.smoothed_loss = [], 0.0
         params = self.net.learnable_params
-        progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 else False,
-                            metrics_path=self.metrics_path)
+        root = self.root_solver
+        progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 and root else False,
+                            metrics_path=self.metrics_path if root else None)
         timer, last_display = time.perf_counter(), self.iter
+        for callback in self._callbacks:
+            callback.on_start(self)
         try:
             while self.iter < stop_iter:
                 self.net.clear_param_diffs()
@@ -282,14 +297,22 @@ class Solver:
                     self.test_all(progress)
                     if self._requested_early_exit:
                         break
-                display = p.display and self.iter % p.display == 0
-                for on_start, _ in self._callbacks:
-                    on_start()
-                loss = 0.0
-                for _ in range(p.iter_size):
-                    loss += self.net.forward_backward()
-                    self._forwards[0] += 1
-                loss /= p.iter_size
+                display = root and p.display and self.iter % p.display == 0
+                loss, forwards = 0.0, self._forwards[0]
+                try:
+                    for callback in self._callbacks:  # optional: Caffe's per-iteration on_start (pycaffe's)
+                        getattr(callback, "on_iteration_start", lambda solver: None)(self)
+                    for _ in range(p.iter_size):
+                        loss += self.net.forward_backward()
+                        self._forwards[0] += 1
+                    loss /= p.iter_size
+                    for callback in self._callbacks:
+                        loss = callback.on_gradients_ready(self, loss)
+                except StopNow:
+                    # Abandoned before its update: weights of self.iter, data position to match.
+                    self._forwards[0] = forwards
+                    self._requested_early_exit = True
+                    break
                 if not math.isfinite(loss):
                     raise self._non_finite_error(loss)
                 self._update_smoothed_loss(loss, start_iter)
@@ -303,8 +326,6 @@ class Solver:
                                                                      for n in self.net.outputs])
                     progress.event("train", self.iter, loss=_short(self.smoothed_loss), lr=_short(self.lr),
                                    iter_per_s=round(per_s, 3), outputs=outputs)
-                for _, on_gradients_ready in self._callbacks:
-                    on_gradients_ready()
                 rate = self.apply_update(params, display)
                 self.iter += 1
                 progress.tick(self.iter, self.smoothed_loss, rate)
@@ -329,7 +350,7 @@ class Solver:
         if resume:
             log.info("Restoring previous solver status from %s", resume)
             self.restore(resume)
-        self._signals = SignalHandler(self.sigint_effect, self.sighup_effect)
+        self._signals = SignalHandler(self.sigint_effect, self.sighup_effect, self.sigterm_effect)
         try:
             with self._signals:
                 start_iter = self.iter
@@ -365,6 +386,14 @@ class Solver:
     def _requested_action(self) -> str:
         return self._signals.requested_action() if self._signals is not None else NONE
 
+    def stop_requested(self) -> bool:
+        """Whether a signal received while training asks to stop (it stays pending)."""
+        return self._signals is not None and self._signals.stop_pending()
+
+    def add_callback(self, callback) -> None:
+        """Add a training callback (``on_start``, ``on_gradients_ready``; see the module docstring)."""
+        self._callbacks.append(callback)
+
     def _log_outputs(self, kind: str, net: Net, values: list[np.ndarray]) -> OrderedDict[str, float | list]:
         """Log ``    <kind> net output #i: name = v (* w = wv loss)`` per element, as Caffe."""
         index, report = 0, OrderedDict()
@@ -376,10 +405,6 @@ class Solver:
                 index += 1
             report[name] = _short(vector[0]) if vector.size == 1 else [_short(v) for v in vector]
         return report
-
-    def add_callback(self, on_start, on_gradients_ready) -> None:
-        """Caffe's Solver::Callback: ``on_start()`` begins each iteration, ``on_gradients_ready()`` precedes its update."""
-        self._callbacks.append((on_start, on_gradients_ready))
 
     def apply_update(self, params=None, display: bool = False) -> float:
         """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``):
@@ -502,9 +527,12 @@ class Solver:
         return scores
 
     # ------------------------------------------------------------------ snapshots
-    def snapshot(self) -> str:
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path."""
+    def snapshot(self) -> str | None:
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path
+        (None on the ranks other than 0 in data-parallel training: only the root solver writes)."""
         p = self.param
+        if not self.root_solver:
+            return None
         if not p.snapshot_prefix:
             raise SolverError("snapshot_prefix is not set: cannot snapshot", path=self.path)
         fmt_ = p.snapshot_format
@@ -522,8 +550,9 @@ class Solver:
         return state_path
 
     def _dlstate(self) -> dict:
+        ranks = self.shard.size if self.shard else 1
         return {"format": SIDECAR_FORMAT, "iter": self.iter, "random_state": dl_random.get_state(),
-                "batches": {"train": self._forwards[0], "test": self._forwards[1:]}}
+                **snap.data_position(self._forwards, ranks, snap.global_batch(self.net, ranks))}
 
     def restore(self, path: str) -> None:
         """Continue from a ``.solverstate`` (ours or real Caffe's): weights, iteration, history.
@@ -552,31 +581,18 @@ class Solver:
         if sidecar is None:
             log.info("no dlsoft state beside %s: data order and random state start afresh (as in Caffe)", path)
             return
-        batches = sidecar.get("batches", {})
+        ranks = self.shard.size if self.shard else 1
         nets = [self.net, *self.test_nets]
-        targets = [batches.get("train", 0), *batches.get("test", [])]
+        targets = [snap.train_batches(sidecar, snap.global_batch(self.net, ranks)),
+                   *sidecar.get("batches", {}).get("test", [])]
         for index, (net, target) in enumerate(zip(nets, targets)):
             self._fast_forward(index, net, int(target))
         dl_random.set_state(sidecar["random_state"])
 
     def _fast_forward(self, index: int, net: Net, target: int) -> None:
         """Advance ``net``'s data layers to ``target`` batches delivered (by reading and dropping)."""
-        done = self._forwards[index]
-        if target < done:
-            log.warning("net #%d already read %d batches, the snapshot %d: data order not restored", index, done, target)
-            return
-        layers = [(layer, tops) for layer, tops in zip(net.layers, net.top_ids)
-                  if getattr(layer, "prefetcher", None) is not None]
-        if layers and target > done:
-            log.info("Restoring the data position of net #%d: skipping %d batches", index, target - done)
-        for layer, tops in layers:
-            skip = getattr(layer, "skip_batches", None)
-            if skip is not None:
-                skip(target - done)
-            else:
-                for _ in range(target - done):
-                    layer.forward([], tops)
-        self._forwards[index] = target
+        snap.fast_forward(net, index, self._forwards[index], target)
+        self._forwards[index] = max(target, self._forwards[index])
 
     def close(self) -> None:
         """Stop the nets' prefetch threads."""
@@ -601,14 +617,3 @@ def get_solver(path, device="cpu", **options) -> Solver:
 def _short(value) -> float:
     """A float32 quantity as its shortest decimal (0.01, not 0.009999999776)."""
     return float(f"{float(value):.7g}")
-
-
-@contextlib.contextmanager
-def handling_signals(solver: Solver):
-    """``with handling_signals(solver): solver.step(n)`` acts on SIGINT/SIGHUP as ``solve`` does."""
-    solver._signals = SignalHandler(solver.sigint_effect, solver.sighup_effect)
-    try:
-        with solver._signals:
-            yield solver
-    finally:
-        solver._signals = None
