@@ -175,11 +175,13 @@ class Net(_DlsoftNet):
 
     ``Net(network_file, phase, level=0, stages=None, weights=None)`` or the legacy
     ``Net(network_file, pretrained_file, phase)``; ``phase`` is ``caffe.TRAIN``/``caffe.TEST``
-    (or their names). dlsoft's keyword form (``phase="TEST", device="gpu:0"``) works too.
+    (or their names). dlsoft's keyword form (``phase="TEST", device="gpu:0"``) and its other
+    options (``shard=``) work too.
     The device is the one ``set_mode_*``/``set_device`` chose unless ``device`` is given.
     """
 
-    def __init__(self, network_file, *args, phase=None, level=None, stages=None, weights=None, device=None):
+    def __init__(self, network_file, *args, phase=None, level=None, stages=None, weights=None, device=None,
+                 **options):
         args = list(args)
         if len(args) >= 2 and isinstance(args[0], (str, os.PathLike)) and not _is_phase_name(args[0]):
             weights = args.pop(0)  # legacy Net(model, weights, phase)
@@ -201,7 +203,7 @@ class Net(_DlsoftNet):
             raise DataError("weights file not found", path=str(weights))  # Caffe's CheckFile
         super().__init__(network_file, phase=phase_name, weights=weights,
                          stages=tuple(given["stages"] or ()), level=given["level"],
-                         device=device if device is not None else current_device())
+                         device=device if device is not None else current_device(), **options)
         # pycaffe's blob_loss_weights covers every blob (0 for those that are no loss).
         self.blob_loss_weights = OrderedDict((name, self.blob_loss_weights.get(name, 0.0)) for name in self.blobs)
 
