@@ -66,7 +66,7 @@ def test_empty_and_text_weights_files_are_errors(tmp_path):
 def test_fine_tuning_logs_each_layer_ignored_or_not_initialised(tmp_path, caplog):
     renamed = write(tmp_path / "finetune.prototxt", Path(DEPLOY).read_text().replace('"ip2"', '"ip2_new"'))
     net = dlsoft.Net(renamed, phase="TEST")
-    with caplog.at_level(logging.INFO, logger="dlsoft"):
+    with caplog.at_level(logging.DEBUG, logger="dlsoft"):
         loaded = net.copy_from(WEIGHTS)
     assert loaded == 3
     assert "Ignoring source layer ip2" in caplog.text

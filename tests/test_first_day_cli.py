@@ -86,7 +86,7 @@ def test_test_and_train_say_how_many_layers_were_loaded(trained):
     assert "Loaded weights for 1 of 1 layers with parameters from tiny_iter_20.caffemodel" in result.stderr
     result = run(["train", "--solver", "solver.prototxt", "--weights", "tiny_iter_20.caffemodel",
                   "--max-iter", "1", "--snapshot-prefix", "ft"])
-    assert "Loaded weights for 1 of 1 layers with parameters from tiny_iter_20.caffemodel" in result.stderr
+    assert "Finetuning from tiny_iter_20.caffemodel: weights for 1 of 1 layers with parameters" in result.stderr
 
 
 def test_unknown_single_dash_flag_is_named_whole(work):
@@ -103,7 +103,7 @@ def test_unknown_single_dash_flag_is_named_whole(work):
 @needs_no_gpu
 def test_gpu_flag_without_a_gpu_names_the_flag(work):
     result = run(["train", "-solver", "solver.prototxt", "-gpu", "0"], expect=2)
-    assert_one_line_error(result, "--gpu 0: no GPU is available here")
+    assert_one_line_error(result, "--gpu 0: GPU 0 is not present (0 GPU(s) here")
     assert "solver.prototxt" not in result.stderr
     assert_one_line_error(run(["test", "-model", "net.prototxt", "-gpu", "1"], expect=2), "--gpu 1")
 

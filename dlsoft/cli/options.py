@@ -100,11 +100,11 @@ def parse_gpus(spec: str | None, flag: str = "--gpu") -> list[int]:
         raise DlsoftError(f"{flag} expects a GPU number, a comma-separated list or 'all', got '{spec}'") from None
     if not ids or any(i < 0 for i in ids):
         raise DlsoftError(f"{flag} expects non-negative GPU numbers, got '{spec}'")
-    if count == 0:
-        raise DlsoftError(f"{flag} {spec}: no GPU is available here (cupy with a CUDA device; install "
-                          "dlsoft[gpu] on a machine with an NVIDIA GPU), leave out the flag to run on the CPU")
-    if max(ids) >= count:
-        raise DlsoftError(f"{flag} {spec}: only {count} GPU(s) are present (numbered 0 to {count - 1})")
+    missing = [i for i in ids if i >= count]
+    if missing:  # the flag named, before any file is read (the distributed launcher says it the same way)
+        raise DlsoftError(f"{flag} {spec}: GPU {missing[0]} is not present ({count} GPU(s) here"
+                          + ("" if count else "; install dlsoft[gpu] on a machine with NVIDIA GPUs, or leave out "
+                                              "the flag to run on the CPU") + ")")
     return ids
 
 

@@ -320,7 +320,9 @@ def test_command(model_arg, model, weights, iterations, gpu, phase, stages, leve
     weights_path = require_file(resolve(weights, "weights"), "weights file")
     net = Net(model_path, phase=phase.upper(), stages=stage_names(stages), level=level, device=device)
     try:
-        net.copy_from(weights_path)  # logs how many layers it loaded, and each one it did not
+        loaded = net.copy_from(weights_path)  # logs each layer it did not load
+        log.info("Loaded weights for %d of %d layers with parameters from %s", loaded,
+                 sum(1 for layer in net.layers if layer.blobs), weights_path)
         totals: dict[str, np.ndarray] = {}
         loss_total = 0.0
         for i in range(iterations):

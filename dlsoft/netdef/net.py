@@ -410,7 +410,7 @@ class Net:
             if name not in loaded:
                 log.info("Layer %s: not initialised from %s (no layer of that name there): keeps its "
                          "filler values", name, path)
-        log.info("Loaded weights for %d of %d layers with parameters from %s", len(loaded), len(with_params), path)
+        log.debug("Loaded weights for %d of %d layers with parameters from %s", len(loaded), len(with_params), path)
         return len(loaded)
 
     @staticmethod

@@ -105,9 +105,9 @@ class Solver:
         for test_net in self.test_nets:
             test_net.share_trained_layers_with(self.net)
         for path in self._weight_files(weights):
-            log.info("Finetuning from %s", path)
-            for net in [self.net, *self.test_nets]:
-                net.copy_from(path)
+            loaded = [net.copy_from(path) for net in [self.net, *self.test_nets]]
+            log.info("Finetuning from %s: weights for %d of %d layers with parameters", path, loaded[0],
+                     sum(1 for layer in self.net.layers if layer.blobs))
 
         self.iter = 0
         self.rule = RULES[p.type](p, self.net.learnable_params)
