@@ -13,7 +13,7 @@ RANKS = {
     "cli": 6, "__main__": 6,
     "distributed": 5.5,  # between the CLI and the solver it drives
     "caffe": 6,  # pycaffe's API, beside the CLI, on top
-    "solver": 5, "model_zoo": 5, "timing": 5, "plot": 5, "__init__": 5,
+    "solver": 5, "model_zoo": 5, "zoo": 5, "timing": 5, "plot": 5, "__init__": 5,
     "netdef": 4, "onnx": 4,  # onnx: another encoding of a net, beside netdef (Net.export_onnx delegates to it)
     "layers": 3,
     "data": 2,
