@@ -121,6 +121,44 @@ def convert_imageset_command(root, list_file, db_path, resize_height, resize_wid
     click.echo(f"Wrote {count} images to {db_path}")
 
 
+@command(cli, "convert-annoset", epilog="""
+\b
+Example (SSD's convert_annoset, VOC XML annotations):
+  dlsoft convert-annoset VOCdevkit/ trainval.txt trainval_lmdb --label-map-file labelmap_voc.prototxt
+""")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.argument("list_file", metavar="LIST")
+@click.argument("db_path", metavar="DB")
+@click.option("--label-map-file", "--label_map_file", "-label_map_file", "label_map_file", required=True,
+              metavar="FILE", help="LabelMap prototxt naming the classes.")
+@click.option("--label-type", "--label_type", "-label_type", "label_type", type=click.Choice(["xml", "txt"]),
+              default="xml", show_default=True, help="Annotation files: PASCAL VOC XML or 'label x1 y1 x2 y2' lines.")
+@click.option("--anno-type", "--anno_type", "-anno_type", "anno_type", type=click.Choice(["detection"]),
+              default="detection", show_default=True, help="Annotation type (boxes).")
+@click.option("--resize-height", "--resize_height", "-resize_height", "resize_height", type=int, default=0)
+@click.option("--resize-width", "--resize_width", "-resize_width", "resize_width", type=int, default=0)
+@click.option("--encoded/--raw", "-encoded", "encoded", default=True, show_default=True,
+              help="Store JPEG/PNG bytes (SSD's default) or raw pixels.")
+@click.option("--encode-type", "--encode_type", "-encode_type", "encode_type", default="jpg", show_default=True)
+@click.option("--shuffle", "-shuffle", "shuffle", is_flag=True, help="Shuffle the list first (seeded by --seed).")
+@click.option("--seed", type=int, default=None, help="Seed of the shuffle.")
+@_backend_option
+def convert_annoset_command(root, list_file, db_path, label_map_file, label_type, anno_type, resize_height,
+                            resize_width, encoded, encode_type, shuffle, seed, backend):
+    """SSD's convert_annoset: `image annotation` lines into an LMDB of AnnotatedDatum (images with boxes)."""
+    from ..data.annotated import convert_annoset
+
+    _lmdb_only(backend)
+    if seed is not None:
+        from ..random import set_seed
+        set_seed(seed)
+    require_file(list_file, "list file")
+    require_file(label_map_file, "label map")
+    count = convert_annoset(root, list_file, db_path, label_map_file, label_type, resize_height, resize_width,
+                            encoded, encode_type, shuffle)
+    click.echo(f"Wrote {count} annotated images to {db_path}")
+
+
 @command(cli, "compute-mean", epilog="""
 \b
 Example:
