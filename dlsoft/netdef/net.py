@@ -23,7 +23,7 @@ from ..data.shard import WHOLE, Shard
 from ..errors import DlsoftError, NetDefinitionError, WeightsError
 from ..layers import Layer, create_layer
 from ..protos import caffe_pb2
-from . import graph, io
+from . import graph, io, memory
 
 log = logging.getLogger(__name__)
 
@@ -297,37 +297,15 @@ class Net:
 
     # ------------------------------------------------------------------ memory plan
     def plan_memory(self, keep_blobs: Iterable[str] = ()) -> "graph.MemoryPlan":
-        """The memory plan for this net's blobs as they are now (not applied): see
-        :func:`graph.plan_memory`. Inputs, outputs and ``keep_blobs`` keep their own storage."""
-        key_of = {name: k for k, names in enumerate(self._storages) for name in names}
-        blob_key = {id(self.blobs[name]): k for name, k in key_of.items()}
-        steps = [([blob_key[id(b)] for b in bottoms], [blob_key[id(t)] for t in tops])
-                 for bottoms, tops in zip(self.bottom_ids, self.top_ids)]
-        sizes = {k: max(self.blobs[name].count for name in names) for k, names in enumerate(self._storages)}
-        for name in keep_blobs:
-            if name not in self.blobs:
-                raise NetDefinitionError(f"memory plan: no blob named '{name}' to keep")
-        pinned = {key_of[name] for name in (*self.inputs, *self.outputs, *keep_blobs)}
-        return graph.plan_memory(steps, sizes, pinned)
+        """The memory plan for the blobs as they are now, not applied (:func:`memory.plan_for`)."""
+        return memory.plan_for(self, tuple(keep_blobs))
 
     def apply_memory_plan(self, keep_blobs: Iterable[str] = ()) -> "graph.MemoryPlan":
-        """Plan (:meth:`plan_memory`) and give the blobs their shared buffers."""
-        if any(self.layer_need_backward):
-            layer = self.layer_names[self.layer_need_backward.index(True)]
-            raise NetDefinitionError(f"memory plan: net '{self.name}' runs backward (layer '{layer}' needs it), "
-                                     "and backward reads the activations forward wrote; plan only nets "
-                                     "that run forward only (TEST/deploy, without force_backward)")
+        """Plan and give the blobs their shared buffers (:func:`memory.apply`)."""
         self._keep_blobs = tuple(keep_blobs)
-        plan = self.plan_memory(self._keep_blobs)
-        with self.device.activate():
-            buffers = [self.device.xp.zeros(n, dtype=np.float32) for n in plan.slots]
-        for key, names in enumerate(self._storages):
-            if key in plan.slot_of:
-                for name in names:
-                    self.blobs[name].use_data_storage(buffers[plan.slot_of[key]])
-        self.memory_plan = plan
+        self.memory_plan = memory.apply(self, self._keep_blobs)
         self._reshape_layers()  # layers that keep views of their blobs take the new ones
-        return plan
+        return self.memory_plan
 
     def forward_prefilled(self, start: int = 0, end: int | None = None) -> float:
         """Run layers ``start..end`` on the blobs as they are; returns the weighted loss."""
@@ -354,23 +332,13 @@ class Net:
         are the blobs' own storage (numpy or cupy): copy them to keep them.
         """
         if self.memory_plan is not None:
-            self._check_planned_request(blobs, start)
+            memory.check_request(self, blobs, start)
         self._set_inputs(inputs)
         start_index = self.layer_names.index(start) if start else 0
         end_index = self.layer_names.index(end) if end else len(self.layers) - 1
         self.loss = self.forward_prefilled(start_index, end_index)
         names = list(self.outputs if end is None else self.top_names[end]) + [b for b in blobs]
         return OrderedDict((name, self.blobs[name].data) for name in names)
-
-    def _check_planned_request(self, blobs: Iterable[str], start: str | None) -> None:
-        if start:
-            raise NetDefinitionError(f"forward(start='{start}'): net '{self.name}' has a memory plan, so a "
-                                     "pass must start at the first layer (build it without memory_plan)")
-        kept = {*self.inputs, *self.outputs, *self._keep_blobs}
-        for name in blobs:
-            if name not in kept:
-                raise NetDefinitionError(f"forward(blobs=['{name}']): the memory plan reuses that blob's "
-                                         f"storage; build the net with keep_blobs=['{name}'] to read it")
 
     def backward(self, diffs: Iterable[str] = (), start: str | None = None, end: str | None = None,
                  **top_diffs) -> "OrderedDict[str, np.ndarray]":
