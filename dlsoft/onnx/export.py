@@ -52,6 +52,8 @@ _NO_ONNX_FORM = {
     "LSTM": "recurrent layers are not supported by the exporter",
     "RNN": "recurrent layers are not supported by the exporter",
     "LSTMUnit": "recurrent layers are not supported by the exporter",
+    # Segmentation forks and the rest of BVLC's layers.
+    "Upsample": "SegNet's mask indices are per channel plane, ONNX MaxUnpool's per tensor; not exported",
 }
 
 
