@@ -55,6 +55,7 @@ _NO_ONNX_FORM = {
     # Segmentation forks and the rest of BVLC's layers.
     "Upsample": "SegNet's mask indices are per channel plane, ONNX MaxUnpool's per tensor; not exported",
     "BN": "SegNet's BN in LEARN mode uses batch statistics; its folded INFERENCE form has no converter yet",
+    "SegAccuracy": "a metric needs labels: export the deploy net",
 }
 
 
