@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gradcheck import check_gradient, compare_devices, run_layer
 
-COVERS = {"Pooling": {"gradient", "reference"}}
+COVERS = {"Pooling": {"gradient", "reference"}, "SPP": {"gradient", "reference"}}
 
 
 def positive(shape, seed=0):
@@ -75,3 +75,52 @@ def test_stochastic_gpu_matches_cpu(phase):
         tops[0].diff[...] = 1
         layer.backward(tops, [True], bottoms)
         assert float(to_numpy(bottoms[0].diff).sum()) == tops[0].count
+
+
+def torch_spp(x, levels, method):
+    torch = pytest.importorskip("torch")
+    F, t, parts = torch.nn.functional, torch.tensor(x), []
+    for level in range(levels):
+        bins = 2 ** level
+        kernel = [-(-size // bins) for size in x.shape[2:]]
+        pad = [(k * bins - size + 1) // 2 for k, size in zip(kernel, x.shape[2:])]
+        pool = F.max_pool2d if method == "MAX" else F.avg_pool2d
+        out = pool(t, kernel, kernel, pad, ceil_mode=True)
+        assert out.shape[2:] == (bins, bins)
+        parts.append(out.reshape(x.shape[0], -1))
+    return torch.cat(parts, 1).numpy()
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 10, 6)])
+def test_spp_matches_torch_pooling_pyramid(method, shape):
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    _, _, tops = run_layer(f'type: "SPP" spp_param {{ pyramid_height: 3 pool: {method} }}', [x])
+    assert tops[0].shape == (shape[0], shape[1] * (1 + 4 + 16))
+    np.testing.assert_allclose(tops[0].data, torch_spp(x, 3, method), rtol=1e-5, atol=1e-6)
+
+
+def test_spp_height_one_is_global_pooling_and_input_size_may_change():
+    x = np.random.default_rng(8).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    layer, bottoms, tops = run_layer('type: "SPP" spp_param { pyramid_height: 1 }', [x])
+    assert tops[0].shape == (2, 3, 1, 1)
+    np.testing.assert_allclose(tops[0].data[:, :, 0, 0], x.max(axis=(2, 3)))
+    layer, bottoms, tops = run_layer('type: "SPP" spp_param { pyramid_height: 2 }', [x])
+    bottoms[0].reshape((1, 3, 8, 6))
+    bottoms[0].data[...] = 1
+    layer.reshape(bottoms, tops)
+    layer.forward(bottoms, tops)
+    assert tops[0].shape == (1, 15) and (tops[0].data == 1).all()
+
+
+def test_spp_gradient():
+    x = np.random.default_rng(9).permutation(2 * 2 * 7 * 6).reshape(2, 2, 7, 6).astype(np.float32) / 10
+    check_gradient('type: "SPP" spp_param { pyramid_height: 3 }', [x])
+    check_gradient('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [x])
+
+
+@pytest.mark.gpu
+def test_spp_gpu_matches_cpu():
+    x = np.random.default_rng(10).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    compare_devices('type: "SPP" spp_param { pyramid_height: 3 }', [x])
+    compare_devices('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [x])

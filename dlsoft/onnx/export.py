@@ -56,6 +56,7 @@ _NO_ONNX_FORM = {
     "Upsample": "SegNet's mask indices are per channel plane, ONNX MaxUnpool's per tensor; not exported",
     "BN": "SegNet's BN in LEARN mode uses batch statistics; its folded INFERENCE form has no converter yet",
     "SegAccuracy": "a metric needs labels: export the deploy net",
+    "SPP": "its pooling geometry follows the input size; export with a fixed size is not implemented",
 }
 
 
