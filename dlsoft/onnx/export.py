@@ -57,6 +57,7 @@ _NO_ONNX_FORM = {
     "BN": "SegNet's BN in LEARN mode uses batch statistics; its folded INFERENCE form has no converter yet",
     "SegAccuracy": "a metric needs labels: export the deploy net",
     "SPP": "its pooling geometry follows the input size; export with a fixed size is not implemented",
+    "HDF5Output": "it writes a file: no computation to export",
 }
 
 
