@@ -26,7 +26,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..data.images import load_image
+from ..data.images import read_image
 from ..errors import DataError, one_line
 from .base import TRAIN
 from .data import _PrefetchingDataLayer
@@ -110,7 +110,7 @@ class SegmentationBatchSource:
     def _load(self, index):
         image_name, label_name = self.entries[index]
         h, w = self.new_size
-        image = load_image(self.root + image_name, h, w, is_color=self.is_color)
+        image = read_image(self.root + image_name, h, w, is_color=self.is_color)
         if not self.with_labels:
             return image, image[:1]
         label = load_label_map(self.root + label_name, h // self.factor, w // self.factor)

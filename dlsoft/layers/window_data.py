@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from ..data.images import load_image
+from ..data.images import read_image
 from ..errors import DataError
 from ..fileio import read_blob
 from .data import _PrefetchingDataLayer
@@ -179,7 +179,7 @@ class WindowBatchSource:
         if index in self.cache:
             return self.cache[index]
         path, shape, _ = self.images[index]
-        image = load_image(self.root + path, is_color=shape[0] == 3)
+        image = read_image(self.root + path, is_color=shape[0] == 3)
         if image.shape != shape:
             raise DataError(f"image {self.root + path} is {image.shape}, the window file says {shape}")
         if self.param.cache_images:
