@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
-COVERS = {"BN": {"gradient", "reference"}}
 
 FILLERS = ('scale_filler { type: "uniform" min: 0.5 max: 1.5 } '
            'shift_filler { type: "uniform" min: -1 max: 1 }')
@@ -16,6 +15,7 @@ def normal(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+@covers("BN", "reference")
 def test_bn_learn_matches_torch_forward_and_backward():
     torch = pytest.importorskip("torch")
     x = normal((3, 4, 5, 2), seed=1) * 2 + 1
@@ -38,6 +38,7 @@ def test_bn_learn_matches_torch_forward_and_backward():
     np.testing.assert_allclose(layer.blobs[1].diff.reshape(-1), bt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@covers("BN", "reference")
 def test_bn_inference_is_the_folded_affine_form():
     x = normal((2, 3, 4, 4), seed=3)
     layer, _, tops = run_layer(f'type: "BN" bn_param {{ bn_mode: INFERENCE {FILLERS} }}', [x])
@@ -53,12 +54,14 @@ def test_bn_default_fillers_are_caffes_constant_zero_and_eps_is_read():
     assert layer.eps == pytest.approx(1e-3) and (layer.blobs[0].data == 2).all()
 
 
+@covers("BN", "gradient")
 def test_bn_gradient():
     x = normal((3, 2, 3, 2), seed=4)
     check_gradient(f'type: "BN" bn_param {{ {FILLERS} }}', [x], stepsize=1e-3, threshold=2e-2)
     check_gradient(f'type: "BN" bn_param {{ bn_mode: INFERENCE {FILLERS} }}', [x])
 
 
+@covers("BN", "gpu")
 @pytest.mark.gpu
 def test_bn_gpu_matches_cpu():
     x = normal((3, 4, 3, 5), seed=5)

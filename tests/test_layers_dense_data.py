@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import run_layer
+from gradcheck import covers, run_layer
 from PIL import Image
 
 from dlsoft.backend import to_numpy
 from dlsoft.errors import DataError
 
-COVERS = {"DenseImageData": {"reference"}, "ImageSegData": {"reference"}}
 GPU_COVERS = ("DenseImageData", "ImageSegData")
 
 
@@ -43,6 +42,7 @@ def seg(folder, params, transform=""):
             f'image_data_param {{ source: "{folder}/list.txt" root_folder: "{folder}/" {params} }}')
 
 
+@covers("DenseImageData", "reference")
 def test_dense_image_data_reads_pairs_with_means_and_scale(tmp_path):
     _, images, labels = write_pairs(tmp_path)
     layer, _, tops = run_layer(dense(tmp_path, "batch_size: 2", "mean_value: 10 mean_value: 20 mean_value: 30 "
@@ -88,6 +88,7 @@ def test_dense_image_data_train_crop_and_mirror_move_image_and_label_together(tm
     layer.close()
 
 
+@covers("ImageSegData", "reference")
 def test_image_seg_data_pads_with_ignore_label_then_crops(tmp_path):
     _, images, labels = write_pairs(tmp_path, count=1, size=(5, 6), palette=False)
     layer, _, tops = run_layer(seg(tmp_path, "batch_size: 1 label_type: PIXEL", "crop_size: 8 mean_value: 100"),
@@ -118,6 +119,8 @@ def test_missing_files_are_one_line_data_errors(tmp_path):
         run_layer(seg(tmp_path, "batch_size: 1"), [])
 
 
+@covers("DenseImageData", "gpu")
+@covers("ImageSegData", "gpu")
 @pytest.mark.gpu
 def test_dense_data_layers_gpu_match_cpu(tmp_path):
     """Both layers deliver the CPU batches on the GPU (more batches than prefetch slots)."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import run_layer
+from gradcheck import covers, run_layer
 
 from dlsoft.errors import DataError
 
-COVERS = {"HDF5Output": {"reference"}}
 
 
 def arrays(seed=0):
@@ -16,6 +15,7 @@ def arrays(seed=0):
     return rng.standard_normal((3, 2, 4, 5)).astype(np.float32), rng.integers(0, 9, (3, 1)).astype(np.float32)
 
 
+@covers("HDF5Output", "reference")
 def test_hdf5_output_writes_and_appends_each_batch(tmp_path):
     h5py = pytest.importorskip("h5py")
     data, label = arrays()
@@ -51,6 +51,7 @@ def test_hdf5_output_missing_folder_is_a_data_error(tmp_path):
                   num_tops=0)
 
 
+@covers("HDF5Output", "gpu")
 @pytest.mark.gpu
 def test_hdf5_output_gpu_writes_the_cpu_values(tmp_path):
     h5py = pytest.importorskip("h5py")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import compare_devices, run_layer
+from gradcheck import compare_devices, covers, run_layer
 
 from dlsoft.errors import DataError
 
-COVERS = {"SegAccuracy": {"reference"}}
 
 
 def scores_and_labels(seed=0, n=2, c=4, h=5, w=6, ignore=255):
@@ -35,6 +34,7 @@ def closed_form(scores, labels, ignore=(255,)):
     return np.array([hits.sum() / m.sum(), np.mean(recalls), np.mean(ious)])
 
 
+@covers("SegAccuracy", "reference")
 def test_seg_accuracy_matches_closed_form():
     scores, labels = scores_and_labels(seed=1)
     _, _, tops = run_layer('type: "SegAccuracy" seg_accuracy_param { ignore_label: 255 }', [scores, labels])
@@ -67,6 +67,7 @@ def test_seg_accuracy_rejects_unexpected_labels():
         run_layer('type: "SegAccuracy"', [scores, labels])
 
 
+@covers("SegAccuracy", "gpu")
 @pytest.mark.gpu
 def test_seg_accuracy_gpu_matches_cpu():
     scores, labels = scores_and_labels(seed=6)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
-COVERS = {"Pooling": {"gradient", "reference"}, "SPP": {"gradient", "reference"}}
 
 
 def positive(shape, seed=0):
@@ -25,6 +24,7 @@ def windows(x, k, s, out):
             yield y, x_, x[:, :, y * s:min(y * s + k, x.shape[2]), x_ * s:min(x_ * s + k, x.shape[3])]
 
 
+@covers("Pooling", "reference")
 def test_stochastic_test_phase_is_the_weighted_average():
     x = positive((2, 3, 7, 6), seed=1)
     x[0, 0, :3, :3] = 0                                       # an all-zero window gives 0
@@ -55,6 +55,7 @@ def test_stochastic_train_backward_routes_to_the_sampled_element():
     np.testing.assert_array_equal(np.sort(x[picked]), np.sort(tops[0].data.reshape(-1)))
 
 
+@covers("Pooling", "gradient")
 def test_stochastic_gradient():
     check_gradient(stochastic("kernel_size: 3 stride: 2"), [positive((2, 2, 5, 6), seed=5)], phase="TEST")
     # TRAIN: the same draws each forward (the checker reseeds); a small step rarely moves a pick
@@ -62,6 +63,7 @@ def test_stochastic_gradient():
                    stepsize=1e-4, threshold=1e-2)
 
 
+@covers("Pooling", "gpu")
 @pytest.mark.gpu
 @pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
 def test_stochastic_gpu_matches_cpu(phase):
@@ -91,6 +93,7 @@ def torch_spp(x, levels, method):
     return torch.cat(parts, 1).numpy()
 
 
+@covers("SPP", "reference")
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 10, 6)])
 def test_spp_matches_torch_pooling_pyramid(method, shape):
@@ -113,12 +116,14 @@ def test_spp_height_one_is_global_pooling_and_input_size_may_change():
     assert tops[0].shape == (1, 15) and (tops[0].data == 1).all()
 
 
+@covers("SPP", "gradient")
 def test_spp_gradient():
     x = np.random.default_rng(9).permutation(2 * 2 * 7 * 6).reshape(2, 2, 7, 6).astype(np.float32) / 10
     check_gradient('type: "SPP" spp_param { pyramid_height: 3 }', [x])
     check_gradient('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [x])
 
 
+@covers("SPP", "gpu")
 @pytest.mark.gpu
 def test_spp_gpu_matches_cpu():
     x = np.random.default_rng(10).standard_normal((2, 3, 7, 6)).astype(np.float32)

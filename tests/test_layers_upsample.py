@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
 from dlsoft.errors import DataError, NetDefinitionError
 
-COVERS = {"Upsample": {"gradient", "reference"}}
 
 
 def normal(shape, seed=0):
@@ -28,6 +27,7 @@ def pooled_with_mask(x, kernel=2, stride=2):
     ((1, 2, 7, 5), "upsample_h: 7 upsample_w: 5", (7, 5)),
     ((1, 2, 6, 6), "scale_h: 2 scale_w: 2", (6, 6)),
 ])
+@covers("Upsample", "reference")
 def test_upsample_unpools_like_torch(shape, params, size):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -41,6 +41,7 @@ def test_upsample_unpools_like_torch(shape, params, size):
     np.testing.assert_array_equal(tops[0].data, expected)
 
 
+@covers("Upsample", "reference")
 def test_upsample_backward_matches_torch():
     torch = pytest.importorskip("torch")
     x = normal((2, 2, 6, 4), seed=2)
@@ -91,6 +92,7 @@ def test_upsample_errors():
         run_layer('type: "Upsample"', [values, normal((1, 1, 3, 3))])
 
 
+@covers("Upsample", "gradient")
 def test_upsample_gradient():
     values, mask = pooled_with_mask(normal((2, 2, 5, 5), seed=6))
     check_gradient('type: "Upsample" upsample_param { scale: 2 pad_out_h: true pad_out_w: true }',
@@ -98,6 +100,7 @@ def test_upsample_gradient():
     check_gradient('type: "Upsample" upsample_param { scale: 2 }', [normal((1, 2, 3, 3), seed=7)])
 
 
+@covers("Upsample", "gpu")
 @pytest.mark.gpu
 def test_upsample_gpu_matches_cpu():
     values, mask = pooled_with_mask(normal((2, 3, 6, 4), seed=8))

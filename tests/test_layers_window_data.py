@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import run_layer
+from gradcheck import covers, run_layer
 from PIL import Image
 
 from dlsoft.backend import to_numpy
 from dlsoft.errors import DataError
 
-COVERS = {"WindowData": {"reference"}}
 
 
 def write_window_file(folder, image, windows):
@@ -27,6 +26,7 @@ def text(folder, batch, extra="", transform="crop_size: 10"):
             f'fg_fraction: 1 {extra} }}')
 
 
+@covers("WindowData", "reference")
 def test_warp_crop_matches_opencv_resize(tmp_path):
     cv2 = pytest.importorskip("cv2")
     image = np.random.default_rng(0).integers(0, 256, (3, 24, 30), dtype=np.uint8)
@@ -98,6 +98,7 @@ def test_window_file_errors(tmp_path):
         run_layer(text(tmp_path, 1), [])
 
 
+@covers("WindowData", "gpu")
 @pytest.mark.gpu
 def test_window_data_gpu_delivers_the_crop(tmp_path):
     image = np.full((3, 12, 12), 50, np.uint8)
