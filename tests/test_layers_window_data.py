@@ -107,3 +107,30 @@ def test_window_data_gpu_delivers_the_crop(tmp_path):
     np.testing.assert_array_equal(to_numpy(tops[0].data), 50)
     np.testing.assert_array_equal(to_numpy(tops[1].data), 5)
     layer.close()
+
+
+def test_bvlc_pascal_finetune_window_layer_runs_with_its_own_settings(tmp_path, shared_caffe):
+    """The WindowData layer of Caffe's examples/finetune_pascal_detection net, unchanged but
+    for its paths and batch size: crop 227, context_pad 16, mirror, a 256×256 mean_file."""
+    from google.protobuf import text_format
+
+    from dlsoft.fileio import write_blob
+    from dlsoft.protos import caffe_pb2
+    net = caffe_pb2.NetParameter()
+    text_format.Parse((shared_caffe / "examples/finetune_pascal_detection/pascal_finetune_trainval_test.prototxt")
+                      .read_text(), net)
+    layer = net.layer[0]
+    assert layer.type == "WindowData" and layer.window_data_param.context_pad == 16
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (3, 300, 400), dtype=np.uint8)
+    write_window_file(tmp_path, image, [(7, 0.9, 50, 40, 250, 220), (0, 0.1, 300, 200, 390, 290)])
+    write_blob(np.full((1, 3, 256, 256), 100, np.float32), tmp_path / "mean.binaryproto")
+    layer.window_data_param.source = str(tmp_path / "windows.txt")
+    layer.window_data_param.root_folder = f"{tmp_path}/"
+    layer.window_data_param.batch_size = 4
+    layer.transform_param.mean_file = str(tmp_path / "mean.binaryproto")
+    reader, _, tops = run_layer(text_format.MessageToString(layer), [])
+    assert tops[0].shape == (4, 3, 227, 227)
+    np.testing.assert_array_equal(tops[1].data, [0, 0, 0, 7])         # 3 background, then 1 foreground
+    assert np.abs(tops[0].data).max() <= 156                           # pixels minus the mean of 100
+    reader.close()
