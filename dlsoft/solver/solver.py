@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import random as dl_random
 from ..backend import parse_device, to_numpy
-from ..errors import SolverError
+from ..errors import DlsoftError, SolverError
 from ..netdef import io
 from ..netdef.net import Net
 from ..protos import caffe_pb2
@@ -262,8 +262,10 @@ class Solver:
         progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 else False,
                             metrics_path=self.metrics_path)
         timer, last_display = time.perf_counter(), self.iter
+        forwards_before = list(self._forwards)
         try:
             while self.iter < stop_iter:
+                forwards_before = list(self._forwards)
                 self.net.clear_param_diffs()
                 if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                     self.test_all(progress)
@@ -297,8 +299,31 @@ class Solver:
                 if action == STOP:
                     self._requested_early_exit = True
                     break
+        except SolverError:
+            raise
+        except DlsoftError as exc:  # bad data mid-run (a cut LMDB, a bad label): keep the last good state
+            raise self._stopped_by(exc, forwards_before) from None
         finally:
             progress.close()
+
+    def _stopped_by(self, exc: DlsoftError, forwards_before: list[int]) -> DlsoftError:
+        """``exc`` (same type) extended by where the last good state went, snapshotting it if we can.
+
+        Data errors strike in forward, before the iteration's update, so the weights, the
+        history and the data positions at the iteration's start are a consistent state to
+        resume from.
+        """
+        kept = "no snapshot written (no snapshot_prefix)"
+        if self.param.snapshot_prefix:
+            done, self._forwards = self._forwards, forwards_before
+            try:
+                kept = f"last good state saved to {self.snapshot()}"
+            except (DlsoftError, OSError) as failure:
+                kept = f"the snapshot of the last good state failed too ({' '.join(str(failure).split())})"
+            finally:
+                self._forwards = done
+        message = " ".join(str(exc.detail if exc.path is None else exc).split())
+        return type(exc)(f"{message}; training stopped at iteration {self.iter}, {kept}")
 
     def solve(self, resume: str | None = None) -> None:
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally from a ``.solverstate``.
