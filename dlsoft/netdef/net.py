@@ -45,6 +45,7 @@ class Net:
         elif isinstance(model, caffe_pb2.NetParameter):
             self.source = None
             net_param = model
+            io.check_required(net_param)  # files are checked when read
         else:
             raise TypeError(f"model must be a path or a NetParameter, not {type(model).__name__}")
         self.device: Device = parse_device(device)
