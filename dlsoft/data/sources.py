@@ -59,6 +59,21 @@ class RecordBatchSource:
         if self.with_labels:
             arrays[1][...] = self.labels
 
+    def skip_batches(self, n: int) -> bool:
+        """Skip ``n`` batches without decoding them (False if the reader cannot skip).
+
+        The transform's random numbers are drawn as if the batches had been made, so the
+        batches after a skip are those a run that never stopped would make.
+        """
+        skip = getattr(self.reader, "skip", None)
+        if skip is None:
+            return False
+        batch_size = len(self.staging)
+        skip(n * batch_size)
+        for _ in range(n):
+            self.transformer.skip(batch_size)
+        return True
+
     def close(self) -> None:
         close = getattr(self.reader, "close", None)
         if close is not None:
@@ -143,7 +158,17 @@ class ImageListReader:
         return self._load(0)
 
     def skip(self, n: int) -> None:
-        self.pos = (self.pos + n) % len(self.entries)
+        """Skip ``n`` images unread; an epoch's end reshuffles as :meth:`read` does."""
+        if not self.shuffle:
+            self.pos = (self.pos + n) % len(self.entries)
+            return
+        while n > 0:
+            take = min(n, len(self.entries) - self.pos)
+            self.pos += take
+            n -= take
+            if self.pos == len(self.entries):
+                self.pos = 0
+                self.rng.shuffle(self.entries)
 
     def read(self):
         record = self._load(self.pos)

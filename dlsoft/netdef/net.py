@@ -376,14 +376,18 @@ class Net:
 
     def _copy_from_hdf5(self, path: str) -> None:
         import h5py  # noqa: PLC0415 - only needed for HDF5 weights
-        with h5py.File(path, "r") as f:
-            group = f["data"]
-            for name in group:
-                target = self.layer_dict.get(name)
-                if target is None:
-                    continue
-                arrays = [np.asarray(group[name][str(i)], dtype=np.float32) for i in range(len(group[name]))]
-                self._assign_layer_blobs(path, target, arrays)
+        try:
+            with h5py.File(path, "r") as f:
+                group = f["data"]
+                found = [(name, group[name]) for name in group if name in self.layer_dict]
+                loaded = [(name, [np.asarray(blobs[str(i)], dtype=np.float32) for i in range(len(blobs))])
+                          for name, blobs in found]
+        except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise WeightsError(f"not a readable Caffe HDF5 weights file ({reason}): expected a group "
+                               "data/<layer name> holding datasets 0, 1, ...", path=path) from None
+        for name, arrays in loaded:
+            self._assign_layer_blobs(path, self.layer_dict[name], arrays)
 
     def _assign_layer_blobs(self, path: str, layer: Layer, arrays: list[np.ndarray]) -> None:
         if len(arrays) != len(layer.blobs):

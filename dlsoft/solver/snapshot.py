@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import io as _io
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +32,8 @@ from ..backend import to_numpy
 from ..errors import SolverError
 from ..netdef import io
 from ..protos import caffe_pb2
+
+log = logging.getLogger(__name__)
 
 HDF5 = caffe_pb2.SolverParameter.HDF5
 BINARYPROTO = caffe_pb2.SolverParameter.BINARYPROTO
@@ -147,18 +151,150 @@ def _read_state_hdf5(path: str) -> SolverStateData:
                 learned_net=learned.decode("utf-8") if isinstance(learned, bytes) else str(learned),
                 current_step=int(f["current_step"][()]) if "current_step" in f else 0,
                 history=[np.asarray(history[str(i)], dtype=np.float32) for i in range(len(history))])
-    except (OSError, KeyError) as exc:
-        raise SolverError(f"not a readable HDF5 solver state ({exc})", path=path) from None
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SolverError(f"not a readable HDF5 solver state ({reason}): expected datasets iter, "
+                          "current_step, learned_net and a group history/0, 1, ...", path=path) from None
 
 
 def read_sidecar(path: str) -> dict | None:
+    """The ``.dlstate.json`` beside a solverstate, checked for the fields restore uses (None if absent)."""
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as exc:
-        raise SolverError(f"unreadable dlsoft state ({exc})", path=path) from None
+            content = json.load(f)
+    except (ValueError, OSError) as exc:
+        raise SolverError(f"unreadable dlsoft state ({' '.join(str(exc).split())}); delete it to resume "
+                          "as Caffe would (data order and random state afresh)", path=path) from None
+    batches = content.get("batches", {}) if isinstance(content, dict) else None
+    problem = None
+    if not isinstance(content, dict):
+        problem = f"expected a JSON object, got {type(content).__name__}"
+    elif not isinstance(content.get("random_state"), dict) or "state" not in content["random_state"]:
+        problem = "no random_state (a numpy bit generator state)"
+    elif not isinstance(batches, dict) or not _is_count(batches.get("train", 0)) \
+            or not isinstance(batches.get("test", []), list) or not all(map(_is_count, batches.get("test", []))):
+        problem = "batches must be {\"train\": n, \"test\": [n, ...]} with counts >= 0"
+    if problem is None:
+        try:  # on a scratch generator: restore must not fail half-way
+            np.random.default_rng().bit_generator.state = content["random_state"]
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"random_state is not a numpy generator state ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        raise SolverError(f"not a dlsoft state file: {problem}; delete it to resume as Caffe would",
+                          path=path)
+    return content
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# ----------------------------------------------------------------------------- the prefix lock
+
+#: Lock files this process holds (two solvers of one process may not share a prefix either).
+_held: set[str] = set()
+
+
+class PrefixLock:
+    """An exclusive claim on a snapshot prefix: ``<prefix>.lock`` holding the owner's pid.
+
+    Two runs writing one prefix would overwrite each other's snapshots and mix their
+    files in one set, so a second run is refused while the first one's process lives.
+    A lock whose process is gone (killed, crashed) is stale and taken over.
+    """
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.path = os.path.abspath(prefix + ".lock")
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self.path)
+                if owner is None or self.path in _held or (owner != os.getpid() and _alive(owner)):
+                    who = f"pid {owner}" if owner else "a process that is starting"
+                    if self.path in _held:
+                        who = "another solver of this process"
+                    raise SolverError(f"snapshot prefix '{self.prefix}' is in use by another run ({who}, lock "
+                                      f"file {self.path}): wait for it to end, or give this run another "
+                                      "snapshot_prefix")
+                log.warning("removing the stale lock %s (its process %d is gone)", self.path, owner)
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError:  # a read-only folder: nothing can be snapshotted there anyway
+                return
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            _held.add(self.path)
+            remove_leftover_temp_files(self.prefix)
+            return
+        raise SolverError(f"cannot take the lock {self.path} on snapshot prefix '{self.prefix}'")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        _held.discard(self.path)
+        if _lock_owner(self.path) == os.getpid():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def _lock_owner(path: str) -> int | None:
+    """The pid in a lock file; None while its writer has not written it yet (a fresh, empty file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+        age = time.time() - os.path.getmtime(path)
+    except OSError:
+        return 0  # gone meanwhile: not held
+    if text.isdigit():
+        return int(text)
+    return None if age < 5 else 0  # an empty lock older than a few seconds: its writer died
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_leftover_temp_files(prefix: str) -> list[str]:
+    """Delete the temp files of snapshot writes that were killed (``.<prefix>_iter_N.<ext>.XXXX.tmp``)."""
+    folder = os.path.dirname(os.path.abspath(prefix))
+    start = f".{os.path.basename(prefix)}_iter_"
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(start) and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    if removed:
+        log.info("removed %d temp file(s) left by interrupted snapshot writes in %s", len(removed), folder)
+    return removed
 
 
 def resolve_learned_net(learned_net: str, state_path: str) -> str:

@@ -32,12 +32,12 @@ import numpy as np
 
 from .. import random as dl_random
 from ..backend import parse_device, to_numpy
-from ..errors import DlsoftError, SolverError
+from ..errors import DlsoftError, SolverError, WriteError
 from ..netdef import io
 from ..netdef.net import Net
 from ..protos import caffe_pb2
 from . import snapshot as snap
-from .lr_policy import POLICIES, LearningRate
+from .lr_policy import POLICIES, LearningRate, check_policy
 from .progress import Progress, fmt
 from .signals import NONE, SNAPSHOT, STOP, SignalHandler, check_effect
 from .updates import RULES
@@ -106,6 +106,7 @@ class Solver:
         if metrics is None:
             metrics = f"{p.snapshot_prefix}_metrics.jsonl" if p.snapshot_prefix else False
         self.metrics_path: str | None = str(metrics) if metrics else None
+        self._lock = snap.PrefixLock(p.snapshot_prefix) if p.snapshot_prefix else None
 
     # ------------------------------------------------------------------ set-up
     def _error(self, field: str, message: str) -> SolverError:
@@ -140,6 +141,9 @@ class Solver:
             raise self._error("stepsize", f"lr_policy 'step' needs stepsize > 0, got {p.stepsize}")
         if p.lr_policy == "poly" and p.max_iter <= 0:
             raise self._error("max_iter", f"lr_policy 'poly' needs max_iter > 0, got {p.max_iter}")
+        problem = check_policy(p)
+        if problem is not None:
+            raise self._error(*problem)
         if p.regularization_type not in ("L1", "L2"):
             raise self._error("regularization_type", f"unknown type '{p.regularization_type}' (L1 or L2)")
         for field in ("average_loss", "iter_size"):
@@ -263,6 +267,7 @@ class Solver:
                             metrics_path=self.metrics_path)
         timer, last_display = time.perf_counter(), self.iter
         forwards_before = list(self._forwards)
+        locked = self._take_lock()
         try:
             while self.iter < stop_iter:
                 forwards_before = list(self._forwards)
@@ -299,12 +304,22 @@ class Solver:
                 if action == STOP:
                     self._requested_early_exit = True
                     break
-        except SolverError:
+        except (SolverError, WriteError):
             raise
         except DlsoftError as exc:  # bad data mid-run (a cut LMDB, a bad label): keep the last good state
             raise self._stopped_by(exc, forwards_before) from None
         finally:
             progress.close()
+            if locked:
+                self._lock.release()
+
+    def _take_lock(self) -> bool:
+        """Claim the snapshot prefix for this run (True if this call took it; released by the caller)."""
+        lock = self._lock
+        if lock is None or lock.held or not os.path.isdir(os.path.dirname(os.path.abspath(lock.prefix))):
+            return False
+        lock.acquire()
+        return lock.held
 
     def _stopped_by(self, exc: DlsoftError, forwards_before: list[int]) -> DlsoftError:
         """``exc`` (same type) extended by where the last good state went, snapshotting it if we can.
@@ -338,6 +353,7 @@ class Solver:
             log.info("Restoring previous solver status from %s", resume)
             self.restore(resume)
         self._signals = SignalHandler(self.sigint_effect, self.sighup_effect)
+        locked = self._take_lock()
         try:
             with self._signals:
                 start_iter = self.iter
@@ -357,6 +373,8 @@ class Solver:
                 log.info("Optimization Done.")
         finally:
             self._signals = None
+            if locked:
+                self._lock.release()
 
     def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
         """Caffe's UpdateSmoothedLoss: the mean of the last ``average_loss`` losses."""
@@ -500,12 +518,18 @@ class Solver:
         model_path = snap.snapshot_filename(p.snapshot_prefix, self.iter, snap.model_extension(fmt_))
         state_path = snap.snapshot_filename(p.snapshot_prefix, self.iter, snap.state_extension(fmt_))
         log.info("Snapshotting to %s file %s", "HDF5" if hdf5 else "binary proto", model_path)
-        snap.write_model(self.net, model_path, fmt_, p.snapshot_diff)
-        snap.write_sidecar(snap.sidecar_path(state_path), self._dlstate())
-        log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state_path)
-        snap.write_state(state_path, fmt_, snap.SolverStateData(
-            iter=self.iter, learned_net=model_path, current_step=self._lr_policy.current_step,
-            history=self.rule.history))
+        try:
+            snap.write_model(self.net, model_path, fmt_, p.snapshot_diff)
+            snap.write_sidecar(snap.sidecar_path(state_path), self._dlstate())
+            log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state_path)
+            snap.write_state(state_path, fmt_, snap.SolverStateData(
+                iter=self.iter, learned_net=model_path, current_step=self._lr_policy.current_step,
+                history=self.rule.history))
+        except WriteError as exc:
+            kept = f"the last good one is {self.last_snapshot}" if self.last_snapshot else "no earlier snapshot"
+            error = WriteError(f"snapshot at iteration {self.iter} failed: {exc}; {kept}")
+            error.errno, error.strerror, error.filename = exc.errno, exc.strerror, exc.filename
+            raise error from None
         self.last_snapshot = state_path
         return state_path
 
@@ -548,7 +572,7 @@ class Solver:
         dl_random.set_state(sidecar["random_state"])
 
     def _fast_forward(self, index: int, net: Net, target: int) -> None:
-        """Advance ``net``'s data layers to ``target`` batches delivered (by reading and dropping)."""
+        """Advance ``net``'s data layers to ``target`` batches delivered (readers skip, not decode)."""
         done = self._forwards[index]
         if target < done:
             log.warning("net #%d already read %d batches, the snapshot %d: data order not restored", index, done, target)
@@ -557,13 +581,8 @@ class Solver:
                   if getattr(layer, "prefetcher", None) is not None]
         if layers and target > done:
             log.info("Restoring the data position of net #%d: skipping %d batches", index, target - done)
-        for layer, tops in layers:
-            skip = getattr(layer, "skip_batches", None)
-            if skip is not None:
-                skip(target - done)
-            else:
-                for _ in range(target - done):
-                    layer.forward([], tops)
+        for layer, _tops in layers:
+            layer.prefetcher.skip(target - done)  # readers skip records without decoding them
         self._forwards[index] = target
 
     def close(self) -> None:
