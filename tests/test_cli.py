@@ -251,7 +251,7 @@ def test_train_a_bare_net_with_flag_overrides(work):
 
 
 def test_batch_size_applies_to_train_data_layers_only():
-    import dlsoft.cli as cli_module
+    from dlsoft.cli import configure as cli_module
     from dlsoft.netdef.io import parse_net_text
     net = parse_net_text(NET_TRAIN)
     cli_module.set_train_batch_size(net, 5, "net")

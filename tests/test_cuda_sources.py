@@ -1,7 +1,7 @@
 """Every hand-written CUDA kernel of every layer module compiles (NVRTC; no GPU needed).
 
-Modules list their ``cupy.RawKernel`` sources in a module-level ``SOURCES`` dict
-(kernel name -> CUDA C source). See ../shared/GPU.md.
+Every ``cupy.RawKernel`` source is registered in ``dlsoft.layers.kernels.SOURCES``
+(kernel name -> CUDA C source), from one module per family. See ../shared/GPU.md.
 """
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import pkgutil
 
 import pytest
 
-import dlsoft.layers
+from dlsoft.layers import kernels
 
 
 def all_sources() -> dict[str, str]:
+    """Every kernel source, keyed ``family.kernel`` (the family: its module in dlsoft.layers.kernels)."""
     sources = {}
-    for info in pkgutil.iter_modules(dlsoft.layers.__path__):
-        module = importlib.import_module(f"dlsoft.layers.{info.name}")
-        for name, source in getattr(module, "SOURCES", {}).items():
-            sources[f"{info.name}.{name}"] = source
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        for name, source in kernels.SOURCES.items():
+            if source in vars(module).values():
+                sources[f"{info.name}.{name}"] = source
+    assert len(sources) == len(kernels.SOURCES), "a kernel source defined outside the family modules"
     return sources
 
 

@@ -6,8 +6,8 @@ import pytest
 from gradcheck import check_gradient, compare_devices, run_layer
 
 from dlsoft.errors import NetDefinitionError
-from dlsoft.layers import vision
-from dlsoft.layers.vision import pooled_size
+from dlsoft.layers import convolution
+from dlsoft.layers.pooling import pooled_size
 
 COVERS = {
     "Convolution": {"gradient", "reference"},
@@ -119,7 +119,7 @@ def test_convolution_in_chunks_matches_one_chunk(monkeypatch):
     text = conv(6, "kernel_size: 3 pad: 1 group: 2")
     whole, wb, wt = run_layer(text, [x])
     dy = backward_with(whole, wb, wt)
-    monkeypatch.setattr(vision, "MAX_COL_ELEMENTS", 4 * 9 * 36 * 2)  # two images a chunk
+    monkeypatch.setattr(convolution, "MAX_COL_ELEMENTS", 4 * 9 * 36 * 2)  # two images a chunk
     parts, pb, pt = run_layer(text, [x])
     assert parts.chunk == 2
     assert_close(pt[0].data, wt[0].data)
@@ -385,8 +385,11 @@ def test_im2col_gradient():
 def test_cuda_sources_compile_with_nvrtc():
     pytest.importorskip("cupy")
     nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
-    from dlsoft.layers.cuda_vision import SOURCES
-    for name, source in SOURCES.items():
+    from dlsoft.layers.kernels import SOURCES
+    vision = [name for name in SOURCES if not name.startswith("dl_softmax")]
+    assert len(vision) == 10
+    for name in vision:
+        source = SOURCES[name]
         assert f"void {name}(" in source
         program = nvrtc.createProgram(source, f"{name}.cu", [], [])
         try:

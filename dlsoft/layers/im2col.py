@@ -1,4 +1,5 @@
-"""im2col / col2im: the geometry of 2-d convolution, on numpy/cupy arrays and as CUDA kernels.
+"""im2col / col2im: the geometry of 2-d convolution, on numpy/cupy arrays (the CUDA
+kernels are in ``kernels/im2col.py``).
 
 For an input ``x`` of shape (N, C, H, W), kernel (kh, kw), pad (ph, pw), stride (sh, sw)
 and dilation (dh, dw) the output plane is (oh, ow) with
@@ -82,74 +83,3 @@ def unpad(padded, geometry: Geometry):
     """The interior (N, C, H, W) view of a padded array."""
     ph, pw = geometry.pad
     return padded[:, :, ph:ph + geometry.height, pw:pw + geometry.width]
-
-
-# ---- CUDA kernels ------------------------------------------------------------------------
-# Both kernels take a ``layout`` flag for the col array: 0 = batch-major (N, C, kh, kw, oh, ow),
-# Caffe's per-image order; 1 = channel-major (C, kh, kw, N, oh, ow), the convolution GEMM order.
-
-IM2COL_SOURCE = r"""
-extern "C" __global__ void dl_im2col(
-    const float* x, float* col, const int num, const int channels, const int height, const int width,
-    const int kh, const int kw, const int ph, const int pw, const int sh, const int sw,
-    const int dh, const int dw, const int oh, const int ow, const int layout) {
-  const long long total = (long long)num * channels * kh * kw * oh * ow;
-  for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
-    const int ox = index % ow;
-    const int oy = (index / ow) % oh;
-    long long rest = index / ((long long)ow * oh);
-    int n, c, i, j;
-    if (layout == 0) {
-      j = rest % kw; rest /= kw; i = rest % kh; rest /= kh; c = rest % channels; n = rest / channels;
-    } else {
-      n = rest % num; rest /= num; j = rest % kw; rest /= kw; i = rest % kh; c = rest / kh;
-    }
-    const int y = oy * sh - ph + i * dh;
-    const int xx = ox * sw - pw + j * dw;
-    float value = 0.f;
-    if (y >= 0 && y < height && xx >= 0 && xx < width) {
-      value = x[(((long long)n * channels + c) * height + y) * width + xx];
-    }
-    col[index] = value;
-  }
-}
-"""
-
-COL2IM_SOURCE = r"""
-extern "C" __global__ void dl_col2im(
-    const float* col, float* x, const int num, const int channels, const int height, const int width,
-    const int kh, const int kw, const int ph, const int pw, const int sh, const int sw,
-    const int dh, const int dw, const int oh, const int ow, const int layout) {
-  // One thread per input pixel gathers every col entry read from it: no atomics needed.
-  const long long total = (long long)num * channels * height * width;
-  for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
-       index += (long long)blockDim.x * gridDim.x) {
-    const int xx = index % width;
-    const int y = (index / width) % height;
-    const int c = (index / ((long long)width * height)) % channels;
-    const int n = index / ((long long)width * height * channels);
-    float sum = 0.f;
-    for (int i = 0; i < kh; ++i) {
-      const int ty = y + ph - i * dh;
-      if (ty < 0 || ty % sh != 0) continue;
-      const int oy = ty / sh;
-      if (oy >= oh) continue;
-      for (int j = 0; j < kw; ++j) {
-        const int tx = xx + pw - j * dw;
-        if (tx < 0 || tx % sw != 0) continue;
-        const int ox = tx / sw;
-        if (ox >= ow) continue;
-        long long row;
-        if (layout == 0) {
-          row = (((long long)n * channels + c) * kh + i) * kw + j;
-        } else {
-          row = (((long long)c * kh + i) * kw + j) * num + n;
-        }
-        sum += col[(row * oh + oy) * ow + ox];
-      }
-    }
-    x[index] = sum;
-  }
-}
-"""

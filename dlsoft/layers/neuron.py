@@ -14,26 +14,19 @@ PReLU does with ``bottom_memory_``.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import ClassVar
 
 import numpy as np
 
-from ..backend import cupy_module
 from .base import Layer
-from .common import wants_param_grad
+from .helpers import wants_param_grad
 from .fillers import fill
+from .kernels import elementwise
 from .registry import register
 
 #: A kernel description: (input parameters, output parameters, one-line body).
 KernelSpec = tuple[str, str, str]
-
-
-@functools.cache
-def elementwise(inputs: str, outputs: str, body: str, name: str):
-    """The cupy ``ElementwiseKernel`` for this body, created on first use and cached."""
-    return cupy_module().ElementwiseKernel(inputs, outputs, body, name)
 
 
 def param_names(params: str) -> list[str]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cuda
+from . import kernels
 from .base import TEST, Layer
-from .common import canonical_axis, outer_dim_inner
+from .helpers import canonical_axis, outer_dim_inner
 from .registry import register
 
 
@@ -58,8 +58,8 @@ class SoftmaxLayer(Layer):
     def backward_gpu(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
             outer, dim, inner = self.outer, self.dim, self.inner
-            cuda.launch(SOFTMAX_BACKWARD_SOURCE, "dl_softmax_backward", outer * inner, tops[0].data,
-                        tops[0].diff, bottoms[0].diff, np.int64(outer * inner), np.int32(dim), np.int32(inner))
+            kernels.launch("dl_softmax_backward", outer * inner, tops[0].data,
+                           tops[0].diff, bottoms[0].diff, np.int64(outer * inner), np.int32(dim), np.int32(inner))
 
 
 def softmax(xp, x3, y3, column) -> None:
@@ -76,51 +76,8 @@ def softmax(xp, x3, y3, column) -> None:
         y3 /= column
         return
     outer, dim, inner = x3.shape
-    cuda.launch(SOFTMAX_FORWARD_SOURCE, "dl_softmax_forward", outer * inner, x3, y3,
-                np.int64(outer * inner), np.int32(dim), np.int32(inner))
-
-
-# One thread per (outer, inner) column of a C-contiguous (outer, dim, inner) array. Each
-# element is read before it is written, so both kernels also work in place.
-SOFTMAX_FORWARD_SOURCE = r"""
-extern "C" __global__ void dl_softmax_forward(
-    const float* x, float* y, const long long columns, const int dim, const int inner) {
-  for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < columns;
-       c += (long long)blockDim.x * gridDim.x) {
-    const long long base = (c / inner) * dim * (long long)inner + c % inner;
-    float largest = -3.402823466e+38f;
-    for (int d = 0; d < dim; ++d) largest = fmaxf(largest, x[base + (long long)d * inner]);
-    float total = 0.f;
-    for (int d = 0; d < dim; ++d) {
-      const float e = expf(x[base + (long long)d * inner] - largest);
-      y[base + (long long)d * inner] = e;
-      total += e;
-    }
-    const float inverse = 1.f / total;
-    for (int d = 0; d < dim; ++d) y[base + (long long)d * inner] *= inverse;
-  }
-}
-"""
-
-SOFTMAX_BACKWARD_SOURCE = r"""
-extern "C" __global__ void dl_softmax_backward(
-    const float* y, const float* dy, float* dx, const long long columns, const int dim,
-    const int inner) {
-  for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < columns;
-       c += (long long)blockDim.x * gridDim.x) {
-    const long long base = (c / inner) * dim * (long long)inner + c % inner;
-    float dot = 0.f;
-    for (int d = 0; d < dim; ++d) dot += dy[base + (long long)d * inner] * y[base + (long long)d * inner];
-    for (int d = 0; d < dim; ++d) {
-      const long long i = base + (long long)d * inner;
-      dx[i] = (dy[i] - dot) * y[i];
-    }
-  }
-}
-"""
-
-#: Every RawKernel source of this module, by kernel name (the NVRTC test compiles each).
-SOURCES = {"dl_softmax_forward": SOFTMAX_FORWARD_SOURCE, "dl_softmax_backward": SOFTMAX_BACKWARD_SOURCE}
+    kernels.launch("dl_softmax_forward", outer * inner, x3, y3,
+                   np.int64(outer * inner), np.int32(dim), np.int32(inner))
 
 
 @register

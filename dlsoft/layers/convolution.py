@@ -1,4 +1,4 @@
-"""Vision layers: Convolution, Deconvolution, Pooling, LRN, Crop, Im2col (Caffe semantics).
+"""Convolution, Deconvolution and Im2col (Caffe semantics).
 
 Convolution is im2col + one batched GEMM per group over a chunk of images: the col
 array is laid out (C, kh, kw, n, oh, ow) = (group, K, n*P), so
@@ -7,11 +7,9 @@ array is laid out (C, kh, kw, n, oh, ow) = (group, K, n*P), so
 
 with ``M = num_output/group`` and ``K = C/group*kh*kw``. Deconvolution swaps the roles
 of bottom and top (its forward is Convolution's data backward). On the GPU the im2col/
-col2im, pooling and LRN steps are CUDA kernels (``cuda_vision``) and the GEMMs cuBLAS.
+col2im steps are CUDA kernels (``kernels/im2col.py``) and the GEMMs cuBLAS.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -167,7 +165,7 @@ class _ConvolutionBase(Layer):
         n, g = images.shape[0], self.geometry
         col = self._col(n)
         if _is_gpu(images):
-            from .cuda_vision import im2col_gpu
+            from .kernels.im2col import im2col_gpu
             im2col_gpu(images, col, g, channel_major=True)
             return col
         padded = padded_input(self.xp, images, g, None if self._padded is None else self._padded[:n])
@@ -179,7 +177,7 @@ class _ConvolutionBase(Layer):
         """Overwrite images_diff (n, C, H, W) with the transpose of im2col applied to col."""
         n, g = images_diff.shape[0], self.geometry
         if _is_gpu(images_diff):
-            from .cuda_vision import col2im_gpu
+            from .kernels.im2col import col2im_gpu
             col2im_gpu(col, images_diff, g, channel_major=True)
             return
         target = images_diff if self._padded_diff is None else self._padded_diff[:n]
@@ -217,7 +215,7 @@ class _ConvolutionBase(Layer):
 
 
 @register
-class Convolution(_ConvolutionBase):
+class ConvolutionLayer(_ConvolutionBase):
     """2-d convolution (Caffe's ConvolutionLayer), with groups, dilation, per-axis kernel/pad/stride.
 
     ``y[n, o, y, x] = b[o] + sum_{c in group(o), i, j} W[o, c, i, j] * x_pad[n, c, y*sh + i*dh, x*sw + j*dw]``;
@@ -262,7 +260,7 @@ class Convolution(_ConvolutionBase):
 
 
 @register
-class Deconvolution(_ConvolutionBase):
+class DeconvolutionLayer(_ConvolutionBase):
     """Transposed convolution (Caffe's DeconvolutionLayer): the data gradient of Convolution.
 
     Weight (C, num_output/group, kh, kw); output size ``stride*(in-1) + dilation*(k-1)+1 - 2*pad``.
@@ -306,7 +304,7 @@ class Deconvolution(_ConvolutionBase):
 
 
 @register
-class Im2col(Layer):
+class Im2colLayer(Layer):
     """Caffe's Im2colLayer: top (N, C*kh*kw, oh, ow), row ``c*kh*kw + i*kw + j`` (convolution_param)."""
 
     type = "Im2col"
@@ -341,357 +339,14 @@ class Im2col(Layer):
         bottoms[0].diff.reshape(self.outer, g.channels, g.height, g.width)[...] = unpad(padded, g)
 
     def forward_gpu(self, bottoms, tops):
-        from .cuda_vision import im2col_gpu
+        from .kernels.im2col import im2col_gpu
         g = self.geometry
         im2col_gpu(bottoms[0].data.reshape(self.outer, g.channels, g.height, g.width), tops[0].data, g,
                    channel_major=False)
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
-            from .cuda_vision import col2im_gpu
+            from .kernels.im2col import col2im_gpu
             g = self.geometry
             col2im_gpu(tops[0].diff, bottoms[0].diff.reshape(self.outer, g.channels, g.height, g.width), g,
                        channel_major=False)
-
-
-def pooled_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True) -> int:
-    """Caffe's pooling output size: ``ceil((size + 2*pad - kernel) / stride) + 1`` (or floor),
-    minus one when padding would make the last window start in the padding."""
-    rounding = math.ceil if ceil_mode else math.floor
-    out = int(rounding((size + 2 * pad - kernel) / stride)) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-@register
-class Pooling(Layer):
-    """MAX and AVE pooling over 2-d windows (Caffe's PoolingLayer).
-
-    Window ``(y*s - p) .. (y*s - p + k)`` clipped to the input. MAX takes the first
-    maximum in window order (optional second top: its index ``h*W + w`` as float).
-    AVE sums the window and divides by its size clipped to the *padded* input,
-    ``(min(start + k, in + pad) - start)`` per axis, not by the valid pixel count.
-    On the CPU a NaN in a window makes the MAX output NaN (as PyTorch; Caffe skips it),
-    which the solver's non-finite guard then reports.
-    """
-
-    type = "Pooling"
-    exact_num_bottoms = 1
-    min_tops = 1
-    max_tops = 2
-
-    def setup(self, bottoms, tops):
-        p = self.param.pooling_param
-        self.method = p.pool
-        if self.method == p.STOCHASTIC:
-            raise self.error("STOCHASTIC pooling is not supported (use MAX or AVE)")
-        if len(tops) > 1 and self.method != p.MAX:
-            raise self.error("only MAX pooling has a second (mask) top")
-        has_kernel = p.HasField("kernel_h") or p.HasField("kernel_w")
-        self.global_pooling = p.global_pooling
-        if self.global_pooling:
-            if has_kernel or p.HasField("kernel_size"):
-                raise self.error("global_pooling takes the kernel from the input: do not give kernel_size")
-        elif has_kernel:
-            if not (p.HasField("kernel_h") and p.HasField("kernel_w")):
-                raise self.error("kernel_h and kernel_w must be given together")
-            self.kernel = (p.kernel_h, p.kernel_w)
-        elif p.HasField("kernel_size"):
-            self.kernel = (p.kernel_size, p.kernel_size)
-        else:
-            raise self.error("kernel_size (or kernel_h and kernel_w, or global_pooling) is required")
-        self.pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") or p.HasField("pad_w") else (p.pad, p.pad)
-        self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") or p.HasField("stride_w") \
-            else (p.stride, p.stride)
-        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
-            raise self.error("global_pooling needs pad 0 and stride 1")
-        if min(self.stride) <= 0:
-            raise self.error(f"stride {self.stride} must be positive")
-        if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
-            raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
-        self.ceil_mode = p.round_mode == p.CEIL
-
-    def reshape(self, bottoms, tops):
-        if bottoms[0].num_axes != 4:
-            raise self.error(f"bottom must be 4-d (N, C, H, W), got shape {bottoms[0].shape}")
-        n, c, height, width = bottoms[0].shape
-        if self.global_pooling:
-            self.kernel = (height, width)
-        self.out = tuple(pooled_size(size, k, p, s, self.ceil_mode) for size, k, p, s in
-                         zip((height, width), self.kernel, self.pad, self.stride))
-        for top in tops:
-            top.reshape(n, c, *self.out)
-        xp = self.xp
-        (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.kernel, self.pad, self.stride, self.out
-        # Window sizes clipped to the padded input, per axis: AVE's divisor.
-        counts = [np.minimum(np.arange(o) * s - p + k, size + p) - (np.arange(o) * s - p)
-                  for o, s, p, k, size in zip(self.out, self.stride, self.pad, self.kernel, (height, width))]
-        self._divisor = xp.asarray(np.outer(*counts).astype(np.float32))
-        if self.device.is_gpu:
-            self._mask = xp.empty((n, c, oh, ow), np.float32) if self.method == 0 else None
-            return
-        # Windows that all lie inside the input are read (and written back) in place.
-        self._direct = (ph, pw) == (0, 0) and (oh - 1) * sh + kh <= height and (ow - 1) * sw + kw <= width
-        self._disjoint = sh >= kh and sw >= kw
-        self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
-        # Padded work buffers cover every window, including those ceil rounding adds.
-        padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
-        self._padded = np.full(padded, -np.inf if self.method == 0 else 0, np.float32)
-        self._padded_diff = np.zeros(padded, np.float32)
-        self._argmax = np.zeros((n, c, oh, ow), np.int32)  # offset i*kw + j in the window
-        self._hit = np.zeros((n, c, oh, ow), bool)
-        self._scratch = np.zeros((n, c, oh, ow), np.float32)
-        oy, ox = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
-        self._window_origin = (oy[:, None] * width + ox[None, :]).astype(np.float32)
-
-    def _window(self, array, i, j):
-        (sh, sw), (oh, ow) = self.stride, self.out
-        return array[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-
-    def _offsets(self):
-        kh, kw = self.kernel
-        return ((i * kw + j, i, j) for i in range(kh) for j in range(kw))
-
-    def forward_cpu(self, bottoms, tops):
-        (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
-        if self._direct:  # every window lies inside the input: read it in place
-            source = bottoms[0].data
-        else:
-            source = self._padded
-            source[:, :, ph:ph + height, pw:pw + width] = bottoms[0].data
-        top = tops[0].data
-        if self.method == 0:
-            for offset, i, j in self._offsets():
-                window = self._window(source, i, j)
-                if offset == 0:
-                    np.copyto(top, window)
-                    self._argmax.fill(0)
-                    continue
-                np.greater(window, top, out=self._hit)  # strict: the first maximum wins
-                np.maximum(top, window, out=top)
-                np.putmask(self._argmax, self._hit, offset)
-            if len(tops) > 1:
-                kw = self.kernel[1]
-                rows, cols = np.divmod(self._argmax, kw)
-                tops[1].data[...] = self._window_origin + rows * width + cols
-        else:
-            top[...] = 0
-            for _, i, j in self._offsets():
-                top += self._window(source, i, j)
-            top /= self._divisor
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        if not propagate_down[0]:
-            return
-        (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
-        dy = tops[0].diff
-        if self._direct and self._disjoint:
-            # Windows neither overlap nor leave the input: each offset writes its own pixels.
-            dx = bottoms[0].diff
-            if not self._covering:
-                dx.fill(0)
-            if self.method == 0:
-                for offset, i, j in self._offsets():
-                    np.equal(self._argmax, offset, out=self._hit)
-                    np.multiply(dy, self._hit, out=self._window(dx, i, j))
-            else:
-                for _, i, j in self._offsets():
-                    np.divide(dy, self._divisor, out=self._window(dx, i, j))
-            return
-        diff = self._padded_diff
-        diff[...] = 0
-        if self.method == 0:
-            for offset, i, j in self._offsets():
-                np.equal(self._argmax, offset, out=self._hit)
-                np.multiply(dy, self._hit, out=self._scratch)
-                self._window(diff, i, j)[...] += self._scratch
-        else:
-            np.divide(dy, self._divisor, out=self._scratch)
-            for _, i, j in self._offsets():
-                self._window(diff, i, j)[...] += self._scratch
-        bottoms[0].diff[...] = diff[:, :, ph:ph + height, pw:pw + width]
-
-    def _kernel_args(self, bottom):
-        from .cuda_vision import i32
-        height, width = bottom.shape[2:]
-        return tuple(map(i32, (height, width, *self.out, *self.kernel, *self.stride, *self.pad)))
-
-    def forward_gpu(self, bottoms, tops):
-        from .cuda_vision import launch
-        top, args = tops[0].data, self._kernel_args(bottoms[0])
-        if self.method == 0:
-            mask = tops[1].data if len(tops) > 1 else self._mask
-            launch("dl_max_pool_forward", top.size, bottoms[0].data, top, mask, np.int64(top.size), *args)
-        else:
-            launch("dl_ave_pool_forward", top.size, bottoms[0].data, top, np.int64(top.size), *args)
-
-    def backward_gpu(self, tops, propagate_down, bottoms):
-        if not propagate_down[0]:
-            return
-        from .cuda_vision import launch
-        dx, args = bottoms[0].diff, self._kernel_args(bottoms[0])
-        if self.method == 0:
-            mask = tops[1].data if len(tops) > 1 else self._mask
-            launch("dl_max_pool_backward", dx.size, tops[0].diff, mask, dx, np.int64(dx.size), *args)
-        else:
-            launch("dl_ave_pool_backward", dx.size, tops[0].diff, dx, np.int64(dx.size), *args)
-
-
-@register
-class LRN(Layer):
-    """Local response normalisation (Caffe's LRNLayer), ``y = x * scale^(-beta)``.
-
-    ACROSS_CHANNELS: ``scale = k + alpha/n * sum x^2`` over the n channels centred on c
-    (zero-padded). WITHIN_CHANNEL: ``scale = 1 + alpha/n^2 * sum x^2`` over the n×n window
-    centred on the pixel (zero-padded; ``k`` unused). Backward (both, with the window W
-    and its normaliser ``a = alpha/n`` or ``alpha/n^2``):
-    ``dx = dy * scale^(-beta) - 2*a*beta * x * sum_W(dy * y / scale)``.
-    """
-
-    type = "LRN"
-    exact_num_bottoms = 1
-    exact_num_tops = 1
-
-    def setup(self, bottoms, tops):
-        p = self.param.lrn_param
-        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
-        if self.size % 2 != 1:
-            raise self.error(f"local_size must be odd, got {self.size}")
-        self.across = p.norm_region == p.ACROSS_CHANNELS
-        self.scale_alpha = self.alpha / self.size if self.across else self.alpha / self.size ** 2
-
-    def reshape(self, bottoms, tops):
-        if bottoms[0].num_axes != 4:
-            raise self.error(f"bottom must be 4-d (N, C, H, W), got shape {bottoms[0].shape}")
-        tops[0].reshape(bottoms[0].shape)
-        n, c, h, w = bottoms[0].shape
-        half = (self.size - 1) // 2
-        padded = (n, c + 2 * half, h, w) if self.across else (n, c, h + 2 * half, w + 2 * half)
-        xp = self.xp
-        self._scale = xp.zeros((n, c, h, w), np.float32)
-        self._power = xp.zeros((n, c, h, w), np.float32)
-        if self.across and self.device.is_gpu:
-            return  # the ACROSS_CHANNELS kernels need no work buffers
-        self._work = xp.zeros((n, c, h, w), np.float32)
-        if self.device.is_gpu:
-            return  # WITHIN_CHANNEL window sums are one kernel on the GPU
-        self._padded = xp.zeros(padded, np.float32)
-        self._rows = xp.zeros((n, c, h + 2 * half, w), np.float32) if not self.across else None
-
-    def _window_sum(self, values, out) -> None:
-        """out = sum of ``values`` over the zero-padded LRN window (channels or n×n pixels)."""
-        if self.device.is_gpu:  # WITHIN_CHANNEL only: ACROSS_CHANNELS has kernels of its own
-            from .cuda_vision import i32, launch
-            height, width = values.shape[2:]
-            launch("dl_lrn_window_sum", values.size, values, out, np.int64(values.size), i32(height), i32(width),
-                   i32(self.size))
-            return
-        half, size = (self.size - 1) // 2, self.size
-        padded = self._padded
-        if self.across:
-            channels = values.shape[1]
-            padded[:, half:half + channels] = values
-            out[...] = 0
-            for c in range(size):
-                out += padded[:, c:c + channels]
-        else:
-            height, width = values.shape[2:]
-            padded[:, :, half:half + height, half:half + width] = values
-            rows = self._rows
-            rows[...] = 0
-            for j in range(size):
-                rows += padded[:, :, :, j:j + width]
-            out[...] = 0
-            for i in range(size):
-                out += rows[:, :, i:i + height]
-
-    def _fill_scale(self, x) -> None:
-        self.xp.multiply(x, x, out=self._work)
-        self._window_sum(self._work, self._scale)
-        self._scale *= self.scale_alpha
-        self._scale += self.k if self.across else 1.0
-        self.xp.power(self._scale, -self.beta, out=self._power)
-
-    def forward_cpu(self, bottoms, tops):
-        self._fill_scale(bottoms[0].data)
-        self.xp.multiply(bottoms[0].data, self._power, out=tops[0].data)
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        if not propagate_down[0]:
-            return
-        x, y, dy = bottoms[0].data, tops[0].data, tops[0].diff
-        accum, work = bottoms[0].diff, self._work
-        self.xp.multiply(dy, y, out=work)
-        work /= self._scale
-        self._window_sum(work, accum)
-        accum *= x
-        accum *= -2.0 * self.scale_alpha * self.beta
-        self.xp.multiply(dy, self._power, out=work)
-        accum += work
-
-    def forward_gpu(self, bottoms, tops):
-        if not self.across:  # WITHIN_CHANNEL: the code above, its window sums one kernel
-            return self.forward_cpu(bottoms, tops)
-        from .cuda_vision import launch
-        x = bottoms[0].data
-        _, c, h, w = x.shape
-        size = x.size
-        launch("dl_lrn_fill_scale", size, x, self._scale, np.int64(size), np.int32(c), np.int32(h * w),
-               np.int32(self.size), np.float32(self.scale_alpha), np.float32(self.k))
-        launch("dl_lrn_output", size, x, self._scale, tops[0].data, np.int64(size), np.float32(-self.beta))
-
-    def backward_gpu(self, tops, propagate_down, bottoms):
-        if not self.across:
-            return self.backward_cpu(tops, propagate_down, bottoms)
-        if not propagate_down[0]:
-            return
-        from .cuda_vision import launch
-        x = bottoms[0].data
-        _, c, h, w = x.shape
-        launch("dl_lrn_backward", x.size, x, tops[0].data, self._scale, tops[0].diff, bottoms[0].diff,
-               np.int64(x.size), np.int32(c), np.int32(h * w), np.int32(self.size), np.float32(-self.beta),
-               np.float32(2.0 * self.scale_alpha * self.beta))
-
-
-@register
-class Crop(Layer):
-    """Caffe's CropLayer: crop bottom[0] to the shape of bottom[1] from ``axis`` on.
-
-    ``offset`` gives one value for every cropped axis, or one per axis; the top is
-    ``bottom0[..., o_a : o_a + shape1[a], ...]``. Gradient flows to bottom[0] only.
-    """
-
-    type = "Crop"
-    exact_num_bottoms = 2
-    exact_num_tops = 1
-
-    def allow_backward_to(self, bottom_index: int) -> bool:
-        return bottom_index == 0
-
-    def reshape(self, bottoms, tops):
-        p = self.param.crop_param
-        source, reference = bottoms[0].shape, bottoms[1].shape
-        if len(source) != len(reference):
-            raise self.error(f"bottoms must have the same number of axes: {source} vs {reference}")
-        axis = bottoms[0].canonical_axis(p.axis)
-        cropped = len(source) - axis
-        offsets = list(p.offset)
-        if len(offsets) not in (0, 1, cropped):
-            raise self.error(f"offset needs 0, 1 or {cropped} values, got {len(offsets)}")
-        offsets = offsets * cropped if len(offsets) == 1 else (offsets or [0] * cropped)
-        shape = list(source[:axis]) + list(reference[axis:])
-        self._slices = tuple(slice(None) for _ in range(axis)) + tuple(
-            slice(o, o + size) for o, size in zip(offsets, reference[axis:]))
-        for a, o, size in zip(range(axis, len(source)), offsets, reference[axis:]):
-            if o + size > source[a]:
-                raise self.error(f"axis {a}: offset {o} + crop size {size} exceeds bottom size {source[a]}")
-        tops[0].reshape(shape)
-
-    def forward_cpu(self, bottoms, tops):
-        tops[0].data[...] = bottoms[0].data[self._slices]
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        if propagate_down[0]:
-            bottoms[0].diff[...] = 0
-            bottoms[0].diff[self._slices] = tops[0].diff

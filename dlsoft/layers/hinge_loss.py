@@ -1,0 +1,61 @@
+"""HingeLoss (Caffe semantics: L1 or L2 one-vs-all hinge)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .loss import LossLayer
+from .registry import register
+
+
+@register
+class HingeLossLayer(LossLayer):
+    """One-vs-all hinge on scores ``x`` (N × K) with labels ``l``: with ``δ_nk = +1`` if
+    ``k = l_n`` else ``-1``, ``m_nk = max(0, 1 - δ_nk · x_nk)``;
+    L1: ``loss = Σ m / N``; L2: ``loss = Σ m² / N``.
+
+    Backward: L1 ``dx = -δ · [m > 0] · loss_weight / N``; L2 ``dx = -2 δ · m · loss_weight / N``.
+    """
+
+    type = "HingeLoss"
+    exact_num_bottoms = 2
+
+    def setup(self, bottoms, tops):
+        p = self.param.hinge_loss_param
+        self.squared = p.norm == p.L2
+        self.ignore_label, self.has_ignore = 0, False
+
+    def reshape(self, bottoms, tops):
+        super().reshape(bottoms, tops)
+        self.num = bottoms[0].shape[0]
+        self.dim = bottoms[0].count // self.num if self.num else 0
+        if bottoms[1].count != self.num:
+            raise self.error(f"expected {self.num} labels, got bottom of shape {bottoms[1].shape}")
+        xp = self.xp
+        self.margins = xp.empty(bottoms[0].count, dtype=np.float32)
+        self.labels = xp.empty(self.num, dtype=np.int64)
+        self.rows = xp.arange(self.num, dtype=np.int64) * self.dim
+        self.pick = xp.empty(self.num, dtype=np.int64)
+
+    def forward_cpu(self, bottoms, tops):
+        xp, m = self.xp, self.margins
+        self.read_labels(bottoms[1].data, self.labels, self.num, self.dim)
+        xp.add(self.rows, self.labels, out=self.pick)
+        xp.copyto(m, bottoms[0].data.reshape(-1))
+        m[self.pick] *= -1
+        m += 1
+        xp.maximum(m, 0, out=m)
+        total = xp.dot(m, m) if self.squared else m.sum()
+        xp.divide(total, self.num, out=tops[0].data)
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        self.refuse_label_backward(propagate_down)
+        if not propagate_down[0]:
+            return
+        xp = self.xp
+        dx = bottoms[0].diff.reshape(-1)
+        if self.squared:
+            xp.multiply(self.margins, 2.0, out=dx)
+        else:
+            xp.sign(self.margins, out=dx)
+        dx[self.pick] *= -1
+        dx *= tops[0].diff / self.num

@@ -1,0 +1,196 @@
+"""Pooling (Caffe semantics: MAX and AVE windows with Caffe's ceil rule; STOCHASTIC is refused).
+
+On the GPU the windows are CUDA kernels (``kernels/pooling.py``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Layer
+from .registry import register
+
+
+def pooled_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True) -> int:
+    """Caffe's pooling output size: ``ceil((size + 2*pad - kernel) / stride) + 1`` (or floor),
+    minus one when padding would make the last window start in the padding."""
+    rounding = math.ceil if ceil_mode else math.floor
+    out = int(rounding((size + 2 * pad - kernel) / stride)) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@register
+class PoolingLayer(Layer):
+    """MAX and AVE pooling over 2-d windows (Caffe's PoolingLayer).
+
+    Window ``(y*s - p) .. (y*s - p + k)`` clipped to the input. MAX takes the first
+    maximum in window order (optional second top: its index ``h*W + w`` as float).
+    AVE sums the window and divides by its size clipped to the *padded* input,
+    ``(min(start + k, in + pad) - start)`` per axis, not by the valid pixel count.
+    On the CPU a NaN in a window makes the MAX output NaN (as PyTorch; Caffe skips it),
+    which the solver's non-finite guard then reports.
+    """
+
+    type = "Pooling"
+    exact_num_bottoms = 1
+    min_tops = 1
+    max_tops = 2
+
+    def setup(self, bottoms, tops):
+        p = self.param.pooling_param
+        self.method = p.pool
+        if self.method == p.STOCHASTIC:
+            raise self.error("STOCHASTIC pooling is not supported (use MAX or AVE)")
+        if len(tops) > 1 and self.method != p.MAX:
+            raise self.error("only MAX pooling has a second (mask) top")
+        has_kernel = p.HasField("kernel_h") or p.HasField("kernel_w")
+        self.global_pooling = p.global_pooling
+        if self.global_pooling:
+            if has_kernel or p.HasField("kernel_size"):
+                raise self.error("global_pooling takes the kernel from the input: do not give kernel_size")
+        elif has_kernel:
+            if not (p.HasField("kernel_h") and p.HasField("kernel_w")):
+                raise self.error("kernel_h and kernel_w must be given together")
+            self.kernel = (p.kernel_h, p.kernel_w)
+        elif p.HasField("kernel_size"):
+            self.kernel = (p.kernel_size, p.kernel_size)
+        else:
+            raise self.error("kernel_size (or kernel_h and kernel_w, or global_pooling) is required")
+        self.pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") or p.HasField("pad_w") else (p.pad, p.pad)
+        self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") or p.HasField("stride_w") \
+            else (p.stride, p.stride)
+        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
+            raise self.error("global_pooling needs pad 0 and stride 1")
+        if min(self.stride) <= 0:
+            raise self.error(f"stride {self.stride} must be positive")
+        if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
+            raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+        self.ceil_mode = p.round_mode == p.CEIL
+
+    def reshape(self, bottoms, tops):
+        if bottoms[0].num_axes != 4:
+            raise self.error(f"bottom must be 4-d (N, C, H, W), got shape {bottoms[0].shape}")
+        n, c, height, width = bottoms[0].shape
+        if self.global_pooling:
+            self.kernel = (height, width)
+        self.out = tuple(pooled_size(size, k, p, s, self.ceil_mode) for size, k, p, s in
+                         zip((height, width), self.kernel, self.pad, self.stride))
+        for top in tops:
+            top.reshape(n, c, *self.out)
+        xp = self.xp
+        (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.kernel, self.pad, self.stride, self.out
+        # Window sizes clipped to the padded input, per axis: AVE's divisor.
+        counts = [np.minimum(np.arange(o) * s - p + k, size + p) - (np.arange(o) * s - p)
+                  for o, s, p, k, size in zip(self.out, self.stride, self.pad, self.kernel, (height, width))]
+        self._divisor = xp.asarray(np.outer(*counts).astype(np.float32))
+        if self.device.is_gpu:
+            self._mask = xp.empty((n, c, oh, ow), np.float32) if self.method == 0 else None
+            return
+        # Windows that all lie inside the input are read (and written back) in place.
+        self._direct = (ph, pw) == (0, 0) and (oh - 1) * sh + kh <= height and (ow - 1) * sw + kw <= width
+        self._disjoint = sh >= kh and sw >= kw
+        self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
+        # Padded work buffers cover every window, including those ceil rounding adds.
+        padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
+        self._padded = np.full(padded, -np.inf if self.method == 0 else 0, np.float32)
+        self._padded_diff = np.zeros(padded, np.float32)
+        self._argmax = np.zeros((n, c, oh, ow), np.int32)  # offset i*kw + j in the window
+        self._hit = np.zeros((n, c, oh, ow), bool)
+        self._scratch = np.zeros((n, c, oh, ow), np.float32)
+        oy, ox = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
+        self._window_origin = (oy[:, None] * width + ox[None, :]).astype(np.float32)
+
+    def _window(self, array, i, j):
+        (sh, sw), (oh, ow) = self.stride, self.out
+        return array[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+    def _offsets(self):
+        kh, kw = self.kernel
+        return ((i * kw + j, i, j) for i in range(kh) for j in range(kw))
+
+    def forward_cpu(self, bottoms, tops):
+        (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
+        if self._direct:  # every window lies inside the input: read it in place
+            source = bottoms[0].data
+        else:
+            source = self._padded
+            source[:, :, ph:ph + height, pw:pw + width] = bottoms[0].data
+        top = tops[0].data
+        if self.method == 0:
+            for offset, i, j in self._offsets():
+                window = self._window(source, i, j)
+                if offset == 0:
+                    np.copyto(top, window)
+                    self._argmax.fill(0)
+                    continue
+                np.greater(window, top, out=self._hit)  # strict: the first maximum wins
+                np.maximum(top, window, out=top)
+                np.putmask(self._argmax, self._hit, offset)
+            if len(tops) > 1:
+                kw = self.kernel[1]
+                rows, cols = np.divmod(self._argmax, kw)
+                tops[1].data[...] = self._window_origin + rows * width + cols
+        else:
+            top[...] = 0
+            for _, i, j in self._offsets():
+                top += self._window(source, i, j)
+            top /= self._divisor
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
+        dy = tops[0].diff
+        if self._direct and self._disjoint:
+            # Windows neither overlap nor leave the input: each offset writes its own pixels.
+            dx = bottoms[0].diff
+            if not self._covering:
+                dx.fill(0)
+            if self.method == 0:
+                for offset, i, j in self._offsets():
+                    np.equal(self._argmax, offset, out=self._hit)
+                    np.multiply(dy, self._hit, out=self._window(dx, i, j))
+            else:
+                for _, i, j in self._offsets():
+                    np.divide(dy, self._divisor, out=self._window(dx, i, j))
+            return
+        diff = self._padded_diff
+        diff[...] = 0
+        if self.method == 0:
+            for offset, i, j in self._offsets():
+                np.equal(self._argmax, offset, out=self._hit)
+                np.multiply(dy, self._hit, out=self._scratch)
+                self._window(diff, i, j)[...] += self._scratch
+        else:
+            np.divide(dy, self._divisor, out=self._scratch)
+            for _, i, j in self._offsets():
+                self._window(diff, i, j)[...] += self._scratch
+        bottoms[0].diff[...] = diff[:, :, ph:ph + height, pw:pw + width]
+
+    def _kernel_args(self, bottom):
+        from .kernels import i32
+        height, width = bottom.shape[2:]
+        return tuple(map(i32, (height, width, *self.out, *self.kernel, *self.stride, *self.pad)))
+
+    def forward_gpu(self, bottoms, tops):
+        from .kernels import launch
+        top, args = tops[0].data, self._kernel_args(bottoms[0])
+        if self.method == 0:
+            mask = tops[1].data if len(tops) > 1 else self._mask
+            launch("dl_max_pool_forward", top.size, bottoms[0].data, top, mask, np.int64(top.size), *args)
+        else:
+            launch("dl_ave_pool_forward", top.size, bottoms[0].data, top, np.int64(top.size), *args)
+
+    def backward_gpu(self, tops, propagate_down, bottoms):
+        if not propagate_down[0]:
+            return
+        from .kernels import launch
+        dx, args = bottoms[0].diff, self._kernel_args(bottoms[0])
+        if self.method == 0:
+            mask = tops[1].data if len(tops) > 1 else self._mask
+            launch("dl_max_pool_backward", dx.size, tops[0].diff, mask, dx, np.int64(dx.size), *args)
+        else:
+            launch("dl_ave_pool_backward", dx.size, tops[0].diff, dx, np.int64(dx.size), *args)
