@@ -140,7 +140,7 @@ class Blob:
 
     @diff.setter
     def diff(self, value) -> None:
-        self._diff[...] = value
+        self.diff[...] = value  # through the getter: the diff is allocated on first use
 
     def to(self, device: Device) -> "Blob":
         """Move storage to ``device`` (keeping contents)."""

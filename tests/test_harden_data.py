@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dlsoft.data.tools import convert_imageset
-from dlsoft.errors import DataError
+from dlsoft.errors import DataError, DlsoftError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,3 +100,89 @@ def test_lmdb_truncated_while_training_stops_with_a_snapshot(tmp_path):
     state = lines[1].split(" ", 1)[1]
     assert state.endswith(".solverstate") and os.path.isfile(state)
     assert os.path.isfile(state.replace(".solverstate", ".caffemodel"))
+
+
+# ----------------------------------------------------------------------------- smaller ones
+
+def test_blob_diff_can_be_assigned_before_it_is_read():
+    from dlsoft.blob import Blob
+
+    blob = Blob((2, 3))
+    blob.diff = 1.5
+    np.testing.assert_array_equal(blob.diff, np.full((2, 3), 1.5, np.float32))
+
+
+def test_nan_label_in_a_list_file_is_named(tmp_path):
+    from dlsoft.data.sources import check_label
+
+    with pytest.raises(DataError, match=r"record 7: label nan is not a number"):
+        check_label(float("nan"), "record 7")
+
+
+@pytest.mark.parametrize("value, shown", [(float("nan"), "nan"), (12.0, "12"), (-1.0, "-1"), (float("inf"), "inf")])
+def test_bad_label_in_a_loss_layer_names_its_batch_position(value, shown):
+    from gradcheck import run_layer
+
+    scores = np.zeros((4, 10), np.float32)
+    labels = np.array([1, 2, value, 3], np.float32)
+    for layer in ("SoftmaxWithLoss", "Accuracy"):
+        with pytest.raises(DlsoftError) as info:
+            run_layer(f'type: "{layer}" bottom: "x" bottom: "label"', [scores, labels])
+        message = str(info.value)
+        assert f"label {shown} out of range [0, 10) at position 2 of the batch" in message, message
+        assert "9223372036854775808" not in message and "\n" not in message
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid tiny PNG whose header claims ``width x height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    from dlsoft.data.images import encode_image
+
+    data = bytearray(encode_image(np.zeros((1, 4, 4), np.uint8), "png"))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    return bytes(data)
+
+
+def test_png_decompression_bomb_is_a_data_error(tmp_path):
+    from dlsoft.data.images import decode_image, load_image
+
+    bomb = png_claiming(20000, 20000)
+    with pytest.raises(DataError, match="decompression bomb") as info:
+        decode_image(bomb, where="LMDB x key '1'")
+    assert "LMDB x key '1'" in str(info.value)
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(DataError, match="decompression bomb"):
+        load_image(tmp_path / "bomb.png")
+
+
+LAYERS_DIR = Path(__file__).resolve().parent / "data" / "python_layers"
+
+
+@pytest.mark.parametrize("switch", ["env", "cli"])
+def test_cwd_modules_can_be_switched_off(tmp_path, switch):
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+                   'layer { name: "py" type: "Python" bottom: "x" top: "y"\n'
+                   '        python_param { module: "my_layers" layer: "LearnableScale" param_str: "2" } }\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = lambda *args, **extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "dlsoft", *args], cwd=LAYERS_DIR, env={**env, **extra},
+        capture_output=True, text=True, timeout=120)
+    assert run("summary", str(net)).returncode == 0  # found in the working directory, as pycaffe does
+    refused = run("summary", str(net), DLSOFT_NO_CWD_MODULES="1") if switch == "env" else \
+        run("--no-cwd-modules", "summary", str(net))
+    assert refused.returncode == 2 and "my_layers" in refused.stderr and "DLSOFT_NO_CWD_MODULES" in refused.stderr
+    assert "internal error" not in refused.stderr
+
+
+@pytest.mark.parametrize("module", ["../evil", ".relative", "/abs/path", "a/b", "pkg..mod", ""])
+def test_python_module_must_be_a_module_name(module):
+    from dlsoft.errors import NetDefinitionError
+    from gradcheck import run_layer
+
+    with pytest.raises(NetDefinitionError, match="python_param"):
+        run_layer(f'type: "Python" python_param {{ module: "{module}" layer: "X" }}', [np.zeros((2, 3), np.float32)])

@@ -32,6 +32,8 @@ def load_image(path: str | os.PathLike, height: int = 0, width: int = 0, is_colo
             return _to_array(image, is_color, height, width)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"cannot read image {path}: {_bomb(exc)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {_one_line(exc)}") from None
 
@@ -43,6 +45,8 @@ def decode_image(data: bytes, is_color: bool | None = None, where: str = "<bytes
             if is_color is None:
                 is_color = image.mode not in ("L", "1", "I", "I;16", "F")
             return _to_array(image, is_color, 0, 0)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"cannot decode image in {where}: {_bomb(exc)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot decode image in {where}: {_one_line(exc)}") from None
 
@@ -61,6 +65,11 @@ def encode_image(pixels: np.ndarray, fmt: str = "png") -> bytes:
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"cannot encode image as {fmt!r}: {_one_line(exc)}") from None
     return out.getvalue()
+
+
+def _bomb(exc: BaseException) -> str:
+    return (f"{_one_line(exc)} (an image this large is refused as a possible decompression bomb; "
+            "resize it, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine)")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -22,6 +22,8 @@ MAX_EXACT_LABEL = 2 ** 24
 
 def check_label(label, where: str) -> int:
     """``label`` as an int, or DataError if a float32 label blob cannot hold it exactly."""
+    if label != label or label in (float("inf"), float("-inf")):
+        raise DataError(f"{where}: label {label} is not a number (labels are integers)")
     value = int(label)
     if value != label or abs(value) > MAX_EXACT_LABEL:
         raise DataError(f"{where}: label {label} is out of range (labels are integers "

@@ -67,13 +67,32 @@ class LossLayer(Layer):
             raise self.error("cannot backpropagate to label inputs")
 
     def read_labels(self, label_data, out_int, count: int, limit: int) -> None:
-        """Labels as integers (truncated, as Caffe's static_cast), checked on the CPU."""
+        """Labels as integers (truncated, as Caffe's static_cast), checked to lie in [0, limit)."""
         self.xp.copyto(out_int, label_data.reshape(out_int.shape), casting="unsafe")
-        if not self.device.is_gpu and count:
-            valid = out_int[out_int != self.ignore_label] if self.has_ignore else out_int
-            if valid.size and (valid.min() < 0 or valid.max() >= limit):
-                bad = valid.min() if valid.min() < 0 else valid.max()
-                raise self.error(f"label {int(bad)} out of range [0, {limit})")
+        if count:
+            self.check_labels(label_data, out_int, limit)
+
+    def check_labels(self, label_data, labels, limit: int) -> None:
+        """One error naming the first label outside [0, limit) (not ignore_label), and its position.
+
+        ``labels`` are the integer labels (NaN and infinities cast to the most negative
+        integer, so they are caught here and shown as they were in ``label_data``).
+        """
+        ints = labels.reshape(-1)
+        bad = (ints < 0) | (ints >= limit)
+        if self.has_ignore:
+            bad &= ints != self.ignore_label
+        if not bool(bad.any()):  # one reduction (a sync on a GPU) per forward
+            return
+        index = int(bad.argmax())
+        value = float(label_data.reshape(-1)[index])
+        shown = f"{value:g}" if value != value or not value.is_integer() else str(int(value))
+        per_example = max(ints.size // max(label_data.shape[0], 1), 1) if label_data.ndim else 1
+        where = f"position {index // per_example} of the batch" + \
+            (f" (label {index % per_example} of that example)" if per_example > 1 else "")
+        bottom = f" of bottom '{self.param.bottom[1]}'" if len(self.param.bottom) > 1 else ""
+        raise self.error(f"label {shown} out of range [0, {limit}) at {where}{bottom}; labels are "
+                         "class indices: check the data's labels and num_output")
 
     def setup_ignore_label(self) -> None:
         p = self.param.loss_param

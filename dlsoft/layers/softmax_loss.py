@@ -114,6 +114,7 @@ class SoftmaxWithLossLayer(_SoftmaxLabelLoss):
     def forward_gpu(self, bottoms, tops):
         xp = self.xp
         softmax(xp, self.view3(bottoms[0].data), self.prob, self.column)
+        self.read_labels(bottoms[1].data, self.labels, bottoms[1].count, self.dim)  # checked as on the CPU
         kernels.launch("dl_softmax_loss_forward", self.outer * self.inner, self.prob, bottoms[1].data,
                self.loss_terms, self.counts, *self._shape_args())
         self.write_loss(tops, self.loss_terms.sum(), self.counts.sum())
