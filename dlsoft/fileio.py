@@ -6,6 +6,7 @@ Data readers, layers and the solver need these without importing the net reader
 from __future__ import annotations
 
 import errno
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -98,8 +99,10 @@ def blob_proto_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
         shape = (blob.num, blob.channels, blob.height, blob.width)
     else:
         shape = tuple(int(d) for d in blob.shape.dim)
+    if any(d < 0 for d in shape):
+        raise WeightsError(f"blob shape {shape} has a negative dimension")
     values = blob.double_data if len(blob.double_data) else blob.data
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: an int64 product of huge dims wraps (to 0, say)
     if len(values) != count:
         raise WeightsError(f"blob of shape {shape} needs {count} values but holds {len(values)}")
     return np.array(values, dtype=np.float32).reshape(shape)

@@ -40,6 +40,8 @@ def datum_to_array(datum: caffe_pb2.Datum, where: str = "<datum>", is_color: boo
     if datum.encoded:
         return decode_image(datum.data, is_color, where)
     shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 0:
+        raise DataError(f"{where}: Datum has a negative dimension (channels, height, width) = {shape}")
     count = shape[0] * shape[1] * shape[2]
     if datum.data:
         if len(datum.data) != count:

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..blob import check_allocation
 from .base import Layer
 from .registry import register
 
@@ -66,6 +67,8 @@ class PoolingLayer(Layer):
             raise self.error("global_pooling needs pad 0 and stride 1")
         if min(self.stride) <= 0:
             raise self.error(f"stride {self.stride} must be positive")
+        if not self.global_pooling and min(self.kernel) <= 0:
+            raise self.error(f"kernel {self.kernel} must be positive")
         if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil_mode = p.round_mode == p.CEIL
@@ -78,6 +81,9 @@ class PoolingLayer(Layer):
             self.kernel = (height, width)
         self.out = tuple(pooled_size(size, k, p, s, self.ceil_mode) for size, k, p, s in
                          zip((height, width), self.kernel, self.pad, self.stride))
+        if min(self.out) <= 0 or bottoms[0].count == 0:
+            raise self.error(f"kernel {self.kernel} with pad {self.pad} does not fit the {height}x{width} input "
+                             f"of shape {bottoms[0].shape} (output would be {self.out})")
         for top in tops:
             top.reshape(n, c, *self.out)
         xp = self.xp
@@ -95,6 +101,8 @@ class PoolingLayer(Layer):
         self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
         # Padded work buffers cover every window, including those ceil rounding adds.
         padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
+        check_allocation(2 * math.prod(padded), self.device, f"layer '{self.name}': its padded work buffers "
+                         f"{padded} (stride {self.stride})")
         self._padded = np.full(padded, -np.inf if self.method == 0 else 0, np.float32)
         self._padded_diff = np.zeros(padded, np.float32)
         self._argmax = np.zeros((n, c, oh, ow), np.int32)  # offset i*kw + j in the window
