@@ -12,11 +12,22 @@ from .errors import NetDefinitionError
 
 DTYPE = np.float32
 #: Blobs below this many elements are allocated without asking how much memory is free.
-_CHECK_ABOVE = 1 << 24
+_CHECK_ABOVE = 1 << 20
+#: Environment variable: the most bytes of memory dlsoft may count on (default: what is free).
+MEMORY_LIMIT_ENV = "DLSOFT_MEMORY_LIMIT"
 
 
 def available_bytes(device: Device) -> int | None:
-    """Memory free for new arrays on ``device`` (host: MemAvailable; GPU: free device memory)."""
+    """Memory free for new arrays on ``device`` (host: MemAvailable; GPU: free device memory),
+    at most ``$DLSOFT_MEMORY_LIMIT`` bytes when that is set."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "")
+    free = _free_bytes(device)
+    if limit.isdigit():
+        return int(limit) if free is None else min(free, int(limit))
+    return free
+
+
+def _free_bytes(device: Device) -> int | None:
     try:
         if device.is_gpu:
             with device.activate():

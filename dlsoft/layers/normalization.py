@@ -30,6 +30,8 @@ class SoftmaxLayer(Layer):
     def reshape(self, bottoms, tops):
         axis = canonical_axis(self, bottoms[0], self.param.softmax_param.axis)
         self.outer, self.dim, self.inner = outer_dim_inner(bottoms[0].shape, axis)
+        if self.dim == 0:
+            raise self.error(f"axis {axis} of the bottom {bottoms[0].shape} is empty: nothing to normalise over")
         if tops[0] is not bottoms[0]:
             tops[0].reshape(bottoms[0].shape)
         self.column = self.xp.empty((self.outer, 1, self.inner), dtype=np.float32)
