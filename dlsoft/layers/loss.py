@@ -1,7 +1,7 @@
 """Losses: the shared LossLayer and Caffe's normalisation rules.
 
-A loss layer writes its value to ``top[0]`` (shape ``()``); the net gives ``*Loss``
-layers loss_weight 1 and seeds ``top[0].diff`` with the weight, so backward scales the
+A loss layer writes its value to ``top[0]`` (shape ``()``); the net gives LossLayer
+subclasses loss_weight 1 (``default_loss_weight``) and seeds ``top[0].diff`` with the weight, so backward scales the
 gradient by ``top[0].diff``, as Caffe does. Labels are never differentiated
 (``allow_backward_to`` is False for them).
 
@@ -45,6 +45,41 @@ def normalizer(mode: str, outer: int, inner: int, valid_count):
     return float(max(1, n))
 
 
+def read_labels(layer: Layer, label_data, out_int, limit: int, check: bool) -> None:
+    """``out_int`` = the labels as integers (truncated, as Caffe's static_cast).
+
+    With ``check``, a label outside ``[0, limit)`` other than the layer's ``ignore_label``
+    (NaN and infinities included) is an error naming it and its batch position. On a GPU
+    the check is one reduction and a wait for the device.
+    """
+    layer.xp.copyto(out_int, label_data.reshape(out_int.shape), casting="unsafe")
+    if check and out_int.size:
+        check_labels(layer, label_data, out_int, limit)
+
+
+def check_labels(layer: Layer, label_data, labels, limit: int) -> None:
+    """One error naming the first label outside [0, limit) (not ignore_label), and its position.
+
+    ``labels`` are the integer labels: NaN and infinities were cast to the most negative
+    integer, so they are caught here, and shown as they were in ``label_data``.
+    """
+    ints = labels.reshape(-1)
+    bad = (ints < 0) | (ints >= limit)
+    if layer.has_ignore:
+        bad &= ints != layer.ignore_label
+    if not bool(bad.any()):
+        return
+    index = int(bad.argmax())
+    value = float(label_data.reshape(-1)[index])
+    shown = f"{value:g}" if value != value or not value.is_integer() else str(int(value))
+    per_example = max(ints.size // max(label_data.shape[0], 1), 1) if label_data.ndim else 1
+    where = f"position {index // per_example} of the batch" + \
+        (f" (label {index % per_example} of that example)" if per_example > 1 else "")
+    bottom = f" of bottom '{layer.param.bottom[1]}'" if len(layer.param.bottom) > 1 else ""
+    raise layer.error(f"label {shown} out of range [0, {limit}) at {where}{bottom}; labels are "
+                      "class indices: check the data's labels and num_output")
+
+
 class LossLayer(Layer):
     """Shared plumbing: ``top[0]`` is a scalar; bottoms 0 and 1 have the same first axis."""
 
@@ -52,6 +87,7 @@ class LossLayer(Layer):
     exact_num_tops = -1
     min_tops = 1
     max_tops = 1
+    default_loss_weight = 1.0
 
     def reshape(self, bottoms, tops):
         if bottoms[0].num_axes and bottoms[1].num_axes and bottoms[0].shape[0] != bottoms[1].shape[0]:
@@ -65,34 +101,6 @@ class LossLayer(Layer):
     def refuse_label_backward(self, propagate_down) -> None:
         if any(propagate_down[1:]):
             raise self.error("cannot backpropagate to label inputs")
-
-    def read_labels(self, label_data, out_int, count: int, limit: int) -> None:
-        """Labels as integers (truncated, as Caffe's static_cast), checked to lie in [0, limit)."""
-        self.xp.copyto(out_int, label_data.reshape(out_int.shape), casting="unsafe")
-        if count:
-            self.check_labels(label_data, out_int, limit)
-
-    def check_labels(self, label_data, labels, limit: int) -> None:
-        """One error naming the first label outside [0, limit) (not ignore_label), and its position.
-
-        ``labels`` are the integer labels (NaN and infinities cast to the most negative
-        integer, so they are caught here and shown as they were in ``label_data``).
-        """
-        ints = labels.reshape(-1)
-        bad = (ints < 0) | (ints >= limit)
-        if self.has_ignore:
-            bad &= ints != self.ignore_label
-        if not bool(bad.any()):  # one reduction (a sync on a GPU) per forward
-            return
-        index = int(bad.argmax())
-        value = float(label_data.reshape(-1)[index])
-        shown = f"{value:g}" if value != value or not value.is_integer() else str(int(value))
-        per_example = max(ints.size // max(label_data.shape[0], 1), 1) if label_data.ndim else 1
-        where = f"position {index // per_example} of the batch" + \
-            (f" (label {index % per_example} of that example)" if per_example > 1 else "")
-        bottom = f" of bottom '{self.param.bottom[1]}'" if len(self.param.bottom) > 1 else ""
-        raise self.error(f"label {shown} out of range [0, {limit}) at {where}{bottom}; labels are "
-                         "class indices: check the data's labels and num_output")
 
     def setup_ignore_label(self) -> None:
         p = self.param.loss_param

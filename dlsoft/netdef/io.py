@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,8 +28,9 @@ from google.protobuf.message import Message
 
 from dlsoft.errors import ParseError
 from dlsoft.fileio import (  # noqa: F401 - re-exported: part of this module's API
-    _parse_binary, _read_bytes, array_to_blob_proto, atomic_write_bytes, blob_proto_to_array, read_blob,
-    write_blob)
+    _parse_binary, _read_bytes, array_to_blob_proto, atomic_write_bytes, atomic_write_text, blob_proto_to_array,
+    hdf5_bytes, read_blob, write_blob)
+from dlsoft.netdef import forks
 from dlsoft.netdef.upgrade import upgrade_net, upgrade_solver
 from dlsoft.protos import caffe_pb2
 
@@ -76,8 +78,35 @@ def read_message(path: PathLike, message_type: type[M]) -> M:
 
 
 def read_net(path: PathLike) -> caffe_pb2.NetParameter:
-    """Read a net (prototxt, YAML or binary ``.caffemodel``) and upgrade legacy forms."""
-    return upgrade_net(read_message(path, caffe_pb2.NetParameter), path=str(path))
+    """Read a net (prototxt, YAML or binary ``.caffemodel``) and upgrade legacy forms.
+
+    A binary net written by one of Caffe's forks has its fork-numbered fields mapped
+    back (:mod:`dlsoft.netdef.forks`).
+    """
+    if file_format(path) == "binary":
+        net = _read_fork_binary(str(path))
+        check_required(net, str(path))
+    else:
+        net = read_message(path, caffe_pb2.NetParameter)
+    return upgrade_net(net, path=str(path))
+
+
+def _read_fork_binary(path: str) -> caffe_pb2.NetParameter:
+    """A binary net with the forks' field numbers mapped, and a warning where bytes cannot tell."""
+    net = _parse_binary(forks.map_fork_bytes(_read_bytes(path)), caffe_pb2.NetParameter, path)
+    ambiguous = forks.ambiguous_pooling_layers(net)
+    if ambiguous:
+        warnings.warn(
+            f"{path}: Pooling layer(s) {', '.join(repr(n) for n in ambiguous[:3])}"
+            f"{' ...' if len(ambiguous) > 3 else ''} set field 13, read as BVLC's round_mode; "
+            "a caffemodel from a ceil_mode fork means the opposite there, so build such a net "
+            "from its prototxt (its weights load by layer name either way)", FileFormatWarning,
+            stacklevel=3)
+    return net
+
+
+class FileFormatWarning(UserWarning):
+    """A file read the way BVLC Caffe reads it, where a fork of Caffe might mean otherwise."""
 
 
 def read_solver(path: PathLike) -> caffe_pb2.SolverParameter:

@@ -19,7 +19,6 @@ it refers to are complete, and an interrupted snapshot leaves the previous pair 
 """
 from __future__ import annotations
 
-import io as _io
 import json
 import logging
 import os
@@ -75,7 +74,7 @@ class SolverStateData:
 def write_model(net, path: str, fmt: int, write_diff: bool = False) -> None:
     """Write the net's learnable blobs as a caffemodel (binary or HDF5), atomically."""
     if fmt == HDF5:
-        io.atomic_write_bytes(path, _hdf5_bytes(lambda f: _fill_model_hdf5(f, net, write_diff)))
+        io.atomic_write_bytes(path, net.to_hdf5_bytes(write_diff))
     else:
         io.atomic_write_bytes(path, net.to_proto(write_diff=write_diff).SerializeToString())
 
@@ -83,7 +82,7 @@ def write_model(net, path: str, fmt: int, write_diff: bool = False) -> None:
 def write_state(path: str, fmt: int, state: SolverStateData) -> None:
     """Write a solverstate (binary SolverState or Caffe's HDF5 layout), atomically."""
     if fmt == HDF5:
-        io.atomic_write_bytes(path, _hdf5_bytes(lambda f: _fill_state_hdf5(f, state)))
+        io.atomic_write_bytes(path, io.hdf5_bytes(lambda f: _fill_state_hdf5(f, state)))
         return
     proto = caffe_pb2.SolverState(iter=state.iter, learned_net=state.learned_net,
                                   current_step=state.current_step)
@@ -94,27 +93,6 @@ def write_state(path: str, fmt: int, state: SolverStateData) -> None:
 
 def write_sidecar(path: str, content: dict) -> None:
     io.atomic_write_bytes(path, json.dumps(content, sort_keys=True).encode("utf-8"))
-
-
-def _hdf5_bytes(fill) -> bytes:
-    import h5py
-
-    buffer = _io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        fill(f)
-    return buffer.getvalue()
-
-
-def _fill_model_hdf5(f, net, write_diff: bool) -> None:
-    data = f.create_group("data")
-    diff = f.create_group("diff") if write_diff else None
-    for layer in net.layers:
-        group = data.create_group(layer.name)
-        diff_group = diff.create_group(layer.name) if diff is not None else None
-        for i, blob in enumerate(layer.blobs):
-            group.create_dataset(str(i), data=to_numpy(blob.data))
-            if diff_group is not None:
-                diff_group.create_dataset(str(i), data=to_numpy(blob.diff))
 
 
 def _fill_state_hdf5(f, state: SolverStateData) -> None:
@@ -155,6 +133,52 @@ def _read_state_hdf5(path: str) -> SolverStateData:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise SolverError(f"not a readable HDF5 solver state ({reason}): expected datasets iter, "
                           "current_step, learned_net and a group history/0, 1, ...", path=path) from None
+
+
+def global_batch(net, ranks: int) -> int | None:
+    """Records one train forward reads over all ranks (the first sharded data layer's batch × ranks)."""
+    for layer, tops in zip(net.layers, net.top_ids):
+        if getattr(layer, "shardable", False) and tops and tops[0].shape:
+            return int(tops[0].shape[0]) * ranks
+    return None
+
+
+def data_position(forwards: list[int], ranks: int, records_per_batch: int | None) -> dict:
+    """The sidecar's data position: batches each net's data layers delivered, and training records.
+
+    In data-parallel training each train forward reads one global batch (every rank's
+    chunk), so the count is in global batches and resumes on any number of ranks; the
+    records let a run with another global batch size find its place.
+    """
+    position = {"batches": {"train": forwards[0], "test": forwards[1:]}, "ranks": ranks}
+    if records_per_batch:
+        position["train_records"] = forwards[0] * records_per_batch
+    return position
+
+
+def train_batches(sidecar: dict, records_per_batch: int | None) -> int:
+    """Train batches to skip on resume: the sidecar's count, or its records when the global batch changed."""
+    batches = int(sidecar.get("batches", {}).get("train", 0))
+    records = sidecar.get("train_records")
+    if records is None or not records_per_batch or records == batches * records_per_batch:
+        return batches
+    if records % records_per_batch:
+        log.warning("the snapshot read %d training records, not a whole number of this run's global batches "
+                    "of %d: the data position is rounded down", records, records_per_batch)
+    return records // records_per_batch
+
+
+def fast_forward(net, index: int, done: int, target: int) -> None:
+    """Advance ``net``'s data layers from ``done`` to ``target`` batches delivered (readers skip, not decode)."""
+    if target < done:
+        log.warning("net #%d already read %d batches, the snapshot %d: data order not restored", index, done, target)
+        return
+    layers = [(layer, tops) for layer, tops in zip(net.layers, net.top_ids)
+              if getattr(layer, "prefetcher", None) is not None]
+    if layers and target > done:
+        log.info("Restoring the data position of net #%d: skipping %d batches", index, target - done)
+    for layer, _tops in layers:
+        layer.prefetcher.skip(target - done)  # readers skip records without decoding them
 
 
 def read_sidecar(path: str) -> dict | None:
