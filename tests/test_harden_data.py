@@ -186,3 +186,14 @@ def test_python_module_must_be_a_module_name(module):
 
     with pytest.raises(NetDefinitionError, match="python_param"):
         run_layer(f'type: "Python" python_param {{ module: "{module}" layer: "X" }}', [np.zeros((2, 3), np.float32)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("value, shown", [(float("nan"), "nan"), (12.0, "12")])
+def test_gpu_softmax_loss_checks_labels_as_the_cpu_path(value, shown):
+    from gradcheck import run_layer
+
+    scores = np.zeros((4, 10), np.float32)
+    labels = np.array([1, 2, value, 3], np.float32)
+    with pytest.raises(DlsoftError, match=f"label {shown} out of range \\[0, 10\\) at position 2 of the batch"):
+        run_layer('type: "SoftmaxWithLoss" bottom: "x" bottom: "label"', [scores, labels], device="gpu:0")

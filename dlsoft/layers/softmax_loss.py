@@ -126,6 +126,7 @@ class SoftmaxWithLossLayer(_SoftmaxLabelLoss):
 
     def forward_gpu(self, bottoms, tops):
         softmax_kernel(self.view3(bottoms[0].data), self.prob)
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check=True)  # checked as on the CPU (one wait)
         kernels.launch("dl_softmax_loss_forward", self.outer * self.inner, self.prob, bottoms[1].data,
                self.loss_terms, self.counts, *self._shape_args())
         self.write_loss(tops, self.loss_terms.sum(), self.counts.sum())

@@ -74,7 +74,15 @@ class LearningRate:
         return float(np.float32(rate))
 
 
-def check_policy(param) -> tuple[str, str] | None:
+def check_policy(param, error) -> None:
+    """Raise ``error(field, problem)`` if the policy is unknown or its parameters give no
+    finite, non-negative rate up to ``max_iter``."""
+    problem = _policy_problem(param)
+    if problem is not None:
+        raise error(*problem)
+
+
+def _policy_problem(param) -> tuple[str, str] | None:
     """``(field, problem)`` if the policy's parameters give no finite, non-negative rate up to ``max_iter``.
 
     Checked when the solver is made, so a bad ``gamma`` or ``power`` does not stop the
@@ -82,6 +90,13 @@ def check_policy(param) -> tuple[str, str] | None:
     ``-1/gamma``). Every policy is monotonic in the iteration, so its two ends decide.
     """
     p, policy = param, param.lr_policy
+    if policy not in POLICIES:
+        what = f"unknown policy '{policy}'" if policy else "not set"
+        return "lr_policy", f"{what} (one of {', '.join(POLICIES)})"
+    if policy == "step" and p.stepsize <= 0:
+        return "stepsize", f"lr_policy 'step' needs stepsize > 0, got {p.stepsize}"
+    if policy == "poly" and p.max_iter <= 0:
+        return "max_iter", f"lr_policy 'poly' needs max_iter > 0, got {p.max_iter}"
     if policy in ("step", "exp", "inv", "multistep") and p.gamma < 0:
         return "gamma", f"lr_policy '{policy}' needs gamma >= 0, got {p.gamma:g}"
     if policy == "poly" and p.power < 0:

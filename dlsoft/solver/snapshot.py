@@ -19,6 +19,8 @@ it refers to are complete, and an interrupted snapshot leaves the previous pair 
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import to_numpy
-from ..errors import SolverError
+from ..errors import DlsoftError, SolverError, WriteError
 from ..netdef import io
 from ..protos import caffe_pb2
 
@@ -217,36 +219,40 @@ def _is_count(value) -> bool:
 
 # ----------------------------------------------------------------------------- the prefix lock
 
-#: Lock files this process holds (two solvers of one process may not share a prefix either).
-_held: set[str] = set()
+#: Lock files this process holds -> how many of its solvers hold each (they may share one).
+_held: dict[str, int] = {}
 
 
 class PrefixLock:
     """An exclusive claim on a snapshot prefix: ``<prefix>.lock`` holding the owner's pid.
 
     Two runs writing one prefix would overwrite each other's snapshots and mix their
-    files in one set, so a second run is refused while the first one's process lives.
-    A lock whose process is gone (killed, crashed) is stale and taken over.
+    files in one set, so another process is refused the prefix while the owner lives
+    (solvers of one process, a train net and its resumption say, share it). A lock whose
+    process is gone (killed, crashed) is stale and taken over. Released by
+    :meth:`release` (``Solver.close``) or at exit.
     """
 
     def __init__(self, prefix: str):
         self.prefix = prefix
-        self.path = os.path.abspath(prefix + ".lock")
+        self.path = os.path.abspath(prefix + ".lock") if prefix else ""
         self.held = False
 
     def acquire(self) -> None:
+        if self.path in _held:
+            _held[self.path] += 1
+            self.held = True
+            return
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = _lock_owner(self.path)
-                if owner is None or self.path in _held or (owner != os.getpid() and _alive(owner)):
+                if owner is None or (owner != os.getpid() and _alive(owner)):
                     who = f"pid {owner}" if owner else "a process that is starting"
-                    if self.path in _held:
-                        who = "another solver of this process"
                     raise SolverError(f"snapshot prefix '{self.prefix}' is in use by another run ({who}, lock "
                                       f"file {self.path}): wait for it to end, or give this run another "
-                                      "snapshot_prefix")
+                                      "snapshot_prefix") from None
                 log.warning("removing the stale lock %s (its process %d is gone)", self.path, owner)
                 try:
                     os.unlink(self.path)
@@ -258,7 +264,8 @@ class PrefixLock:
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
             self.held = True
-            _held.add(self.path)
+            _held[self.path] = 1
+            atexit.register(self.release)
             remove_leftover_temp_files(self.prefix)
             return
         raise SolverError(f"cannot take the lock {self.path} on snapshot prefix '{self.prefix}'")
@@ -267,7 +274,10 @@ class PrefixLock:
         if not self.held:
             return
         self.held = False
-        _held.discard(self.path)
+        _held[self.path] -= 1
+        if _held[self.path] > 0:
+            return
+        del _held[self.path]
         if _lock_owner(self.path) == os.getpid():
             try:
                 os.unlink(self.path)
@@ -333,3 +343,47 @@ def resolve_learned_net(learned_net: str, state_path: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     raise SolverError(f"learned_net '{learned_net}' not found (also looked in {folder})", path=state_path)
+
+
+# ----------------------------------------------------------------------------- failures
+
+@contextlib.contextmanager
+def reporting_failure(iteration: int, last_good: str | None):
+    """Turn a WriteError of a snapshot's files into one naming the file and the last good snapshot."""
+    try:
+        yield
+    except WriteError as exc:
+        kept = f"the last good one is {last_good}" if last_good else "no earlier snapshot"
+        error = WriteError(f"snapshot at iteration {iteration} failed: {exc}; {kept}")
+        error.errno, error.strerror, error.filename = exc.errno, exc.strerror, exc.filename
+        raise error from None
+
+
+def keep_last_good(solver, exc: DlsoftError, forwards_before: list[int]) -> DlsoftError:
+    """``exc`` (same type) extended by where the last good state went, snapshotting it if possible.
+
+    Data errors strike in forward, before the iteration's update, so the weights, the
+    history and the data positions at the iteration's start are a consistent state to
+    resume from. Solver errors (a NaN loss) and failed snapshot writes come back as they are.
+    """
+    if isinstance(exc, (SolverError, WriteError)):
+        return exc
+    kept = "no snapshot written (no snapshot_prefix)"
+    if solver.param.snapshot_prefix:
+        done, solver._forwards = solver._forwards, forwards_before
+        try:
+            kept = f"last good state saved to {solver.snapshot()}"
+        except (DlsoftError, OSError) as failure:
+            kept = f"the snapshot of the last good state failed too ({' '.join(str(failure).split())})"
+        finally:
+            solver._forwards = done
+    message = " ".join(str(exc.detail if exc.path is None else exc).split())
+    return type(exc)(f"{message}; training stopped at iteration {solver.iter}, {kept}")
+
+
+def claim_prefix(lock: PrefixLock, root: bool) -> None:
+    """Take ``lock`` for this run unless it is held already, this is not the root rank (only
+    the root snapshots), or there is no prefix folder to snapshot into."""
+    if lock.held or not root or not lock.prefix or not os.path.isdir(os.path.dirname(lock.path)):
+        return
+    lock.acquire()

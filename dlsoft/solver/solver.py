@@ -38,12 +38,12 @@ import numpy as np
 from .. import random as dl_random
 from ..backend import parse_device, to_numpy
 from ..data.shard import Shard
-from ..errors import DlsoftError, SolverError, WriteError
+from ..errors import DlsoftError, SolverError
 from ..netdef import io
 from ..netdef.net import Net
 from ..protos import caffe_pb2
 from . import snapshot as snap
-from .lr_policy import POLICIES, LearningRate, check_policy
+from .lr_policy import LearningRate, check_policy
 from .progress import Progress, fmt
 from .signals import NONE, SNAPSHOT, STOP, SignalHandler, StopNow, check_effect
 from .updates import RULES
@@ -119,7 +119,7 @@ class Solver:
         if metrics is None:
             metrics = f"{p.snapshot_prefix}_metrics.jsonl" if p.snapshot_prefix else False
         self.metrics_path: str | None = str(metrics) if metrics else None
-        self._lock = snap.PrefixLock(p.snapshot_prefix) if p.snapshot_prefix else None
+        self._lock = snap.PrefixLock(p.snapshot_prefix)
 
     # ------------------------------------------------------------------ set-up
     def _error(self, field: str, message: str) -> SolverError:
@@ -146,17 +146,7 @@ class Solver:
             raise self._error("type", f"unknown solver type '{p.type}' (one of {', '.join(RULES)})")
         if p.base_lr < 0:
             raise self._error("base_lr", f"must be >= 0, got {fmt(p.base_lr)}")
-        if not p.lr_policy:
-            raise self._error("lr_policy", f"not set (one of {', '.join(POLICIES)})")
-        if p.lr_policy not in POLICIES:
-            raise self._error("lr_policy", f"unknown policy '{p.lr_policy}' (one of {', '.join(POLICIES)})")
-        if p.lr_policy == "step" and p.stepsize <= 0:
-            raise self._error("stepsize", f"lr_policy 'step' needs stepsize > 0, got {p.stepsize}")
-        if p.lr_policy == "poly" and p.max_iter <= 0:
-            raise self._error("max_iter", f"lr_policy 'poly' needs max_iter > 0, got {p.max_iter}")
-        problem = check_policy(p)
-        if problem is not None:
-            raise self._error(*problem)
+        check_policy(p, self._error)  # lr_policy and the parameters it uses
         if p.regularization_type not in ("L1", "L2"):
             raise self._error("regularization_type", f"unknown type '{p.regularization_type}' (L1 or L2)")
         for field in ("average_loss", "iter_size"):
@@ -280,8 +270,7 @@ class Solver:
         progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 and root else False,
                             metrics_path=self.metrics_path if root else None)
         timer, last_display = time.perf_counter(), self.iter
-        forwards_before = list(self._forwards)
-        locked = self._take_lock()
+        snap.claim_prefix(self._lock, self.root_solver)  # held until close(): one run per prefix
         for callback in self._callbacks:
             callback.on_start(self)
         try:
@@ -328,42 +317,10 @@ class Solver:
                 if action == STOP:
                     self._requested_early_exit = True
                     break
-        except (SolverError, WriteError):
-            raise
         except DlsoftError as exc:  # bad data mid-run (a cut LMDB, a bad label): keep the last good state
-            raise self._stopped_by(exc, forwards_before) from None
+            raise snap.keep_last_good(self, exc, forwards_before) from None
         finally:
             progress.close()
-            if locked:
-                self._lock.release()
-
-    def _take_lock(self) -> bool:
-        """Claim the snapshot prefix for this run (True if this call took it; released by the caller)."""
-        lock = self._lock  # ranks other than the root never snapshot: only the root claims the prefix
-        if lock is None or lock.held or not self.root_solver \
-                or not os.path.isdir(os.path.dirname(os.path.abspath(lock.prefix))):
-            return False
-        lock.acquire()
-        return lock.held
-
-    def _stopped_by(self, exc: DlsoftError, forwards_before: list[int]) -> DlsoftError:
-        """``exc`` (same type) extended by where the last good state went, snapshotting it if we can.
-
-        Data errors strike in forward, before the iteration's update, so the weights, the
-        history and the data positions at the iteration's start are a consistent state to
-        resume from.
-        """
-        kept = "no snapshot written (no snapshot_prefix)"
-        if self.param.snapshot_prefix:
-            done, self._forwards = self._forwards, forwards_before
-            try:
-                kept = f"last good state saved to {self.snapshot()}"
-            except (DlsoftError, OSError) as failure:
-                kept = f"the snapshot of the last good state failed too ({' '.join(str(failure).split())})"
-            finally:
-                self._forwards = done
-        message = " ".join(str(exc.detail if exc.path is None else exc).split())
-        return type(exc)(f"{message}; training stopped at iteration {self.iter}, {kept}")
 
     def solve(self, resume: str | None = None) -> None:
         """Train to ``max_iter`` (Caffe's ``Solver::Solve``), optionally from a ``.solverstate``.
@@ -378,7 +335,6 @@ class Solver:
             log.info("Restoring previous solver status from %s", resume)
             self.restore(resume)
         self._signals = SignalHandler(self.sigint_effect, self.sighup_effect, self.sigterm_effect)
-        locked = self._take_lock()
         try:
             with self._signals:
                 start_iter = self.iter
@@ -398,8 +354,6 @@ class Solver:
                 log.info("Optimization Done.")
         finally:
             self._signals = None
-            if locked:
-                self._lock.release()
 
     def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
         """Caffe's UpdateSmoothedLoss: the mean of the last ``average_loss`` losses."""
@@ -570,18 +524,13 @@ class Solver:
         model_path = snap.snapshot_filename(p.snapshot_prefix, self.iter, snap.model_extension(fmt_))
         state_path = snap.snapshot_filename(p.snapshot_prefix, self.iter, snap.state_extension(fmt_))
         log.info("Snapshotting to %s file %s", "HDF5" if hdf5 else "binary proto", model_path)
-        try:
+        with snap.reporting_failure(self.iter, self.last_snapshot):  # names the file and the last good one
             snap.write_model(self.net, model_path, fmt_, p.snapshot_diff)
             snap.write_sidecar(snap.sidecar_path(state_path), self._dlstate())
             log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state_path)
             snap.write_state(state_path, fmt_, snap.SolverStateData(
                 iter=self.iter, learned_net=model_path, current_step=self._lr_policy.current_step,
                 history=self.rule.history))
-        except WriteError as exc:
-            kept = f"the last good one is {self.last_snapshot}" if self.last_snapshot else "no earlier snapshot"
-            error = WriteError(f"snapshot at iteration {self.iter} failed: {exc}; {kept}")
-            error.errno, error.strerror, error.filename = exc.errno, exc.strerror, exc.filename
-            raise error from None
         self.last_snapshot = state_path
         return state_path
 
@@ -631,9 +580,10 @@ class Solver:
         self._forwards[index] = max(target, self._forwards[index])
 
     def close(self) -> None:
-        """Stop the nets' prefetch threads."""
+        """Stop the nets' prefetch threads; release the snapshot prefix."""
         for net in [self.net, *self.test_nets]:
             net.close()
+        self._lock.release()
 
     def __enter__(self) -> Self:
         return self
