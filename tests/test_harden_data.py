@@ -193,7 +193,27 @@ def test_python_module_must_be_a_module_name(module):
 def test_gpu_softmax_loss_checks_labels_as_the_cpu_path(value, shown):
     from gradcheck import run_layer
 
+    import dlsoft
+
     scores = np.zeros((4, 10), np.float32)
     labels = np.array([1, 2, value, 3], np.float32)
+    layer, bottoms, (top,) = run_layer('type: "SoftmaxWithLoss" bottom: "x" bottom: "label"', [scores, labels],
+                                       device="gpu:0")
+    assert np.isnan(float(top.data))  # the bad label poisons the loss without a wait for the device
     with pytest.raises(DlsoftError, match=f"label {shown} out of range \\[0, 10\\) at position 2 of the batch"):
-        run_layer('type: "SoftmaxWithLoss" bottom: "x" bottom: "label"', [scores, labels], device="gpu:0")
+        layer.check_inputs(bottoms)
+    net = caffe_pb2_net(scores.shape, labels.shape)
+    with dlsoft.Net(net, phase="TRAIN", device="gpu:0") as gpu_net:
+        gpu_net.blobs["x"].data[...] = gpu_net.blobs["x"].xp.asarray(scores)
+        gpu_net.blobs["label"].data[...] = gpu_net.blobs["label"].xp.asarray(labels)
+        with pytest.raises(DlsoftError, match=f"label {shown} out of range"):
+            gpu_net.forward_backward()
+
+
+def caffe_pb2_net(x_shape, label_shape):
+    from dlsoft.netdef.io import parse_net_text
+
+    dims = lambda shape: " ".join(f"dim: {d}" for d in shape)  # noqa: E731
+    return parse_net_text(f'layer {{ name: "in" type: "Input" top: "x" top: "label" input_param {{ '
+                          f'shape {{ {dims(x_shape)} }} shape {{ {dims(label_shape)} }} }} }}\n'
+                          'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" }\n')

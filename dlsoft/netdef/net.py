@@ -287,6 +287,9 @@ class Net:
             loss = 0.0
             for blob, weight in self._loss_tops:
                 loss += weight * float(blob.data.sum())
+            if loss != loss or loss in (float("inf"), float("-inf")):  # a bad input, or the numbers
+                for i in range(start, end + 1):
+                    self.layers[i].check_inputs(self.bottom_ids[i])
         return loss
 
     def forward(self, blobs: Iterable[str] = (), start: str | None = None, end: str | None = None,
