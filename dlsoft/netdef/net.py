@@ -468,7 +468,9 @@ class Net:
                 group = f["data"]
                 return [(name, [np.asarray(group[name][str(i)], dtype=np.float32) for i in range(len(group[name]))])
                         for name in group]
-        except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except OSError as exc:
+            raise WeightsError(f"cannot read it as HDF5 ({str(exc).splitlines()[0]})", path=path) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # HDF5, but not Caffe's layout
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise WeightsError(f"not a readable Caffe HDF5 weights file ({reason}): expected a group "
                                "data/<layer name> holding datasets 0, 1, ...", path=path) from None
