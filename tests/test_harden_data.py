@@ -148,7 +148,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def test_png_decompression_bomb_is_a_data_error(tmp_path):
-    from dlsoft.data.images import decode_image, load_image
+    from dlsoft.data.images import decode_image, read_image
 
     bomb = png_claiming(20000, 20000)
     with pytest.raises(DataError, match="decompression bomb") as info:
@@ -156,7 +156,7 @@ def test_png_decompression_bomb_is_a_data_error(tmp_path):
     assert "LMDB x key '1'" in str(info.value)
     (tmp_path / "bomb.png").write_bytes(bomb)
     with pytest.raises(DataError, match="decompression bomb"):
-        load_image(tmp_path / "bomb.png")
+        read_image(tmp_path / "bomb.png")
 
 
 LAYERS_DIR = Path(__file__).resolve().parent / "data" / "python_layers"
