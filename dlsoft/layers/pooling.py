@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .. import random as dl_random
+from ..blob import check_allocation
 from ..protos import caffe_pb2
 from .base import Layer
 from .kernels import i32, launch
@@ -80,6 +81,8 @@ class PoolingLayer(Layer):
             raise self.error("global_pooling needs pad 0 and stride 1")
         if min(self.stride) <= 0:
             raise self.error(f"stride {self.stride} must be positive")
+        if not self.global_pooling and min(self.kernel) <= 0:
+            raise self.error(f"kernel {self.kernel} must be positive")
         if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil_mode = p.round_mode == p.CEIL
@@ -99,6 +102,9 @@ class PoolingLayer(Layer):
             self.kernel = (height, width)
         self.out = tuple(pooled_size(size, k, p, s, self.ceil_mode) for size, k, p, s in
                          zip((height, width), self.kernel, self.pad, self.stride))
+        if min(self.out) <= 0 or bottoms[0].count == 0:
+            raise self.error(f"kernel {self.kernel} with pad {self.pad} does not fit the {height}x{width} input "
+                             f"of shape {bottoms[0].shape} (output would be {self.out})")
         for top in tops:
             top.reshape(n, c, *self.out)
         self._shape = bottoms[0].shape
@@ -113,6 +119,9 @@ class PoolingLayer(Layer):
         self._disjoint = sh >= kh and sw >= kw
         self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
         self._padded = self._mask = None  # one path's work buffers: see _cpu_buffers, _gpu_mask
+        padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
+        check_allocation(2 * math.prod(padded), self.device, f"layer '{self.name}': the padded work buffers "
+                         f"{padded} its windows need (stride {self.stride}, kernel {self.kernel})")
 
     def _cpu_buffers(self) -> None:
         """The CPU path's work buffers, made on first use after a reshape."""
