@@ -12,6 +12,34 @@ from ..errors import NetDefinitionError
 from . import graph
 
 
+def setup(net, enabled: bool, keep_blobs: tuple[str, ...]) -> None:
+    """At build: group the blobs that share storage by construction (Split tops,
+    Flatten/Reshape views) into storages, and apply the plan if ``enabled``. A plan is
+    for whole forward passes: other intermediate blobs are overwritten by later layers."""
+    groups: dict[int, list[str]] = {}
+    for name, blob in net.blobs.items():
+        groups.setdefault(id(blob.data_storage), []).append(name)
+    net._storages = list(groups.values())
+    net.memory_plan = None
+    net._keep_blobs = keep_blobs
+    if enabled:
+        try:
+            net.apply_memory_plan(keep_blobs)
+        except NetDefinitionError:
+            net.close()  # stop the data layers' prefetch threads of a net never returned
+            raise
+
+
+def summary_line(net) -> str | None:
+    """What the plan saves, for ``Net.summary`` (None for a net that runs backward)."""
+    if any(net.layer_need_backward):
+        return None
+    plan = net.memory_plan or net.plan_memory()
+    state = "applied" if net.memory_plan else "Net(..., memory_plan=True)"
+    return (f"activations {plan.unplanned * 4 / 2**20:.2f} MiB; with the memory plan "
+            f"{plan.planned * 4 / 2**20:.2f} MiB ({state})")
+
+
 def plan_for(net, keep_blobs: tuple[str, ...]) -> "graph.MemoryPlan":
     """The plan for ``net``'s blobs as they are now; inputs, outputs and ``keep_blobs`` keep their own."""
     key_of = {name: k for k, names in enumerate(net._storages) for name in names}

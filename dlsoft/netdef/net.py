@@ -41,11 +41,8 @@ class Net:
     the net's device (numpy on the CPU, cupy on a GPU). ``shard`` (a
     :class:`~dlsoft.data.shard.Shard`) makes the data layers read one rank's share.
 
-    ``memory_plan=True`` (for nets that run no backward: TEST/deploy nets) lets blobs
-    whose lifetimes do not overlap share storage (:func:`graph.plan_memory`): the outputs,
-    the inputs and the blobs named in ``keep_blobs`` keep their values after a forward
-    pass; other intermediate blobs are overwritten by later layers, and a pass must start
-    at the first layer.
+    ``memory_plan=True`` (forward-only nets) lets blobs whose lifetimes do not overlap share
+    storage (:mod:`.memory`); inputs, outputs and ``keep_blobs`` keep their values.
     """
 
     def __init__(self, model, phase: str = "TRAIN", weights: str | Path | None = None,
@@ -96,20 +93,7 @@ class Net:
         with self.device.activate():
             self._build()
         self._analyse_backward()
-        # Blobs that share data storage by construction (Split tops, Flatten/Reshape views)
-        # form one storage; the memory plan places storages, not blobs.
-        groups: "OrderedDict[int, list[str]]" = OrderedDict()
-        for name, blob in self.blobs.items():
-            groups.setdefault(id(blob.data_storage), []).append(name)
-        self._storages: list[list[str]] = list(groups.values())
-        self.memory_plan: graph.MemoryPlan | None = None
-        self._keep_blobs: tuple[str, ...] = tuple(keep_blobs)
-        if memory_plan:
-            try:
-                self.apply_memory_plan(self._keep_blobs)
-            except DlsoftError:
-                self.close()  # stop the data layers' prefetch threads of a net never returned
-                raise
+        memory.setup(self, memory_plan, tuple(keep_blobs))
         if weights is not None:
             self.copy_from(weights)
 
@@ -596,12 +580,8 @@ class Net:
         out += [line(row) for row in rows[1:]]
         out += [rule, f"{len(self.layers)} layers, {total:,} parameters "
                       f"({total * 4 / 2**20:.2f} MiB as float32)"]
-        if not any(self.layer_need_backward):  # a forward-only net: what the memory plan saves
-            plan = self.memory_plan or self.plan_memory()
-            state = "applied" if self.memory_plan else "Net(..., memory_plan=True)"
-            out.append(f"activations {plan.unplanned * 4 / 2**20:.2f} MiB; with the memory plan "
-                       f"{plan.planned * 4 / 2**20:.2f} MiB ({state})")
-        return "\n".join(out)
+        line = memory.summary_line(self)  # a forward-only net: what the memory plan saves
+        return "\n".join(out + ([line] if line else []))
 
     def close(self) -> None:
         """Stop prefetch threads and release resources held by layers."""
