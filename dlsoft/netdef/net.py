@@ -89,10 +89,36 @@ class Net:
         with self.device.activate():
             self._build()
         self._analyse_backward()
+        self._check_memory()
         if weights is not None:
             self.copy_from(weights)
 
     # ------------------------------------------------------------------ building
+    def _check_memory(self) -> None:
+        """Refuse a net whose activations (with their diffs when it trains) cannot fit.
+
+        Each blob was checked alone when it was shaped; this is the whole net. Checked once
+        the net is built and before the first forward writes the activations: their pages
+        are not touched yet, so the machine's available memory does not count them yet
+        (the parameters, filled already, are counted there and left out here).
+        """
+        params = {id(blob.storage) for blob in self.learnable_params}
+        seen, values = set(), 0
+        for blob in self.blobs.values():
+            key = id(blob.storage)
+            if blob.storage is not None and key not in seen and key not in params:
+                seen.add(key)
+                values += blob.storage.size
+        needed = values * 4 * (2 if any(self.layer_need_backward) else 1)
+        if needed <= 1 << 28:  # 256 MiB: never worth refusing
+            return
+        available = available_bytes(self.device)
+        if available is not None and needed > available:
+            raise NetDefinitionError(
+                f"net '{self.name}': its blobs need {format_bytes(needed)} ({values:,} float32 values"
+                f"{' and their diffs' if any(self.layer_need_backward) else ''}), {format_bytes(available)} are "
+                f"available on {self.device}: reduce the batch size or the input size", path=self.source)
+
     def _where(self, layer_param) -> dict:
         return {"path": self.source, "line": graph.locate_layer(self.source, layer_param.name)}
 
