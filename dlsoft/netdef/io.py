@@ -30,7 +30,7 @@ from dlsoft.errors import ParseError
 from dlsoft.fileio import (  # noqa: F401 - re-exported: part of this module's API
     _parse_binary, _read_bytes, array_to_blob_proto, atomic_write_bytes, blob_proto_to_array, read_blob,
     write_blob)
-from dlsoft.netdef import forks
+from dlsoft.netdef import diagnose, forks
 from dlsoft.netdef.upgrade import upgrade_net, upgrade_solver
 from dlsoft.protos import caffe_pb2
 
@@ -126,6 +126,10 @@ def parse_text(text: str, message_type: type[M], path: str = "<string>") -> M:
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
+        if "has no field named" in str(e):
+            unknown = diagnose.text_unknown_fields(text, message_type.DESCRIPTOR)
+            if unknown:
+                raise _unknown_fields_error(unknown, path) from None
         line = e.GetLine() if hasattr(e, "GetLine") else None
         what = re.sub(r"^\d+(:\d+)? : ", "", str(e)).strip()
         col = e.GetColumn() if hasattr(e, "GetColumn") else None
@@ -133,6 +137,15 @@ def parse_text(text: str, message_type: type[M], path: str = "<string>") -> M:
             what = f"{what} (column {col})"
         raise ParseError(what, path=path, line=line) from None
     return msg
+
+
+def _unknown_fields_error(unknown: list, path: str) -> ParseError:
+    """One ParseError for all of a file's unknown fields, at the first one's line."""
+    first, rest = unknown[0], unknown[1:]
+    detail = "; ".join([first.describe()] + [f"{path}:{u.line}: {u.describe()}" for u in rest])
+    if rest:
+        detail += f" ({len(unknown)} unknown fields in all)"
+    return ParseError(detail, path=path, line=first.line)
 
 
 def parse_net_text(text: str, path: str = "<string>") -> caffe_pb2.NetParameter:
@@ -196,7 +209,14 @@ def parse_yaml(text: str, message_type: type[M], path: str = "<string>") -> M:
     msg = message_type()
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
         return msg
-    data = _YamlReader(path).message(root, message_type.DESCRIPTOR)
+    try:
+        data = _YamlReader(path).message(root, message_type.DESCRIPTOR)
+    except ParseError as e:
+        unknown = diagnose.yaml_unknown_fields(root, message_type.DESCRIPTOR) \
+            if e.detail.startswith("unknown field") else []
+        if unknown:
+            raise _unknown_fields_error(unknown, path) from None
+        raise
     try:
         json_format.ParseDict(data, msg)
     except json_format.ParseError as e:  # everything is validated above; this is a backstop
