@@ -5,7 +5,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .backend import CPU, Device
+from .backend import CPU, Device, to_numpy
 
 DTYPE = np.float32
 
@@ -146,8 +146,8 @@ class Blob:
         """Move storage to ``device`` (keeping contents)."""
         if device == self.device:
             return self
-        data = self._host(self._data)
-        diff = None if self._diff is None else self._host(self._diff)
+        data = to_numpy(self._data)
+        diff = None if self._diff is None else to_numpy(self._diff)
         self.device = device
         self._capacity = -1
         self.reshape(self._shape)
@@ -155,10 +155,6 @@ class Blob:
         if diff is not None:
             self.diff[...] = self.xp.asarray(diff)
         return self
-
-    @staticmethod
-    def _host(array):
-        return array if isinstance(array, np.ndarray) else array.get()
 
     def __repr__(self) -> str:
         return f"Blob({self.name!r}, shape={self._shape}, device={self.device})"

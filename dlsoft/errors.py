@@ -7,6 +7,13 @@ expected, so the command line can print it as it is, without a traceback.
 from __future__ import annotations
 
 
+def one_line(text) -> str:
+    """``text`` (a message or an exception) on one line: whitespace runs become one space;
+    an exception without a message gives its type's name."""
+    line = " ".join(str(text).split())
+    return line or (type(text).__name__ if isinstance(text, BaseException) else "")
+
+
 class DlsoftError(Exception):
     """Base class of every user-facing dlsoft error (one-line message)."""
 
@@ -42,3 +49,7 @@ class DataError(DlsoftError):
 
 class DeviceError(DlsoftError):
     """The requested device is not available (no cupy, no GPU, bad index)."""
+
+
+class DistributedError(DlsoftError):
+    """Data-parallel training could not start, or a rank was lost while it ran."""

@@ -56,6 +56,25 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         os.close(dfd)
 
 
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8, creating the folder if need be."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def hdf5_bytes(fill) -> bytes:
+    """The bytes of an HDF5 file written by ``fill(h5py.File)`` in memory (then written
+    with :func:`atomic_write_bytes`, so HDF5 files are atomic like every other)."""
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+    return buffer.getvalue()
+
+
 def read_blob(path: PathLike) -> np.ndarray:
     """Read a ``.binaryproto`` holding one BlobProto (a mean file) as a float32 array.
 

@@ -25,8 +25,9 @@ import numpy as np
 
 import dlsoft
 from dlsoft.backend import to_numpy
+from dlsoft.fileio import atomic_write_text
 from dlsoft.model_zoo import BUILTIN_DIR, get_entry
-from dlsoft.model_zoo.entry import ZOO_FILE, atomic_write_text, dump_yaml, load_yaml
+from dlsoft.model_zoo.entry import ZOO_FILE, dump_yaml, load_yaml
 from dlsoft.model_zoo.publish import record_checksums
 
 EVAL_DATA = "bundled digits test split ({n:,} images)"

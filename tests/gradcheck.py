@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from dlsoft import random as dl_random
-from dlsoft.backend import CPU, Device, parse_device
+from dlsoft.backend import CPU, Device, parse_device, to_numpy
 from dlsoft.blob import Blob
 from dlsoft.layers import create_layer
 from dlsoft.protos import caffe_pb2
@@ -51,8 +51,7 @@ def run_layer(text: str, bottoms: Sequence[np.ndarray], phase: str = "TRAIN", de
         bottom_blobs.append(blob)
     n_tops = num_tops if num_tops is not None else max(len(param.top), 1)
     top_blobs = [Blob((), device, name=f"top{i}") for i in range(n_tops)]
-    layer.setup(bottom_blobs, top_blobs)
-    layer.reshape(bottom_blobs, top_blobs)
+    layer.initialize(bottom_blobs, top_blobs)
     layer.param_propagate_down = [True] * len(layer.blobs)
     dl_random.set_seed(seed)
     layer.forward(bottom_blobs, top_blobs)
@@ -60,11 +59,7 @@ def run_layer(text: str, bottoms: Sequence[np.ndarray], phase: str = "TRAIN", de
 
 
 def _objective(tops, weights) -> float:
-    return float(sum(np.sum(w * np.asarray(_host(t.data), dtype=np.float64)) for t, w in zip(tops, weights)))
-
-
-def _host(array):
-    return array if isinstance(array, np.ndarray) else array.get()
+    return float(sum(np.sum(w * np.asarray(to_numpy(t.data), dtype=np.float64)) for t, w in zip(tops, weights)))
 
 
 def check_gradient(text: str, bottoms: Sequence[np.ndarray], *, phase: str = "TRAIN",
@@ -103,7 +98,7 @@ def check_gradient(text: str, bottoms: Sequence[np.ndarray], *, phase: str = "TR
             top.diff[...] = xp.asarray(w.astype(np.float32))
         propagate = [i in check_bottoms for i in range(len(bottom_blobs))]
         layer.backward(top_blobs, propagate, bottom_blobs)
-        return ([_host(b.diff).copy() for b in bottom_blobs], [_host(b.diff).copy() for b in layer.blobs])
+        return ([to_numpy(b.diff).copy() for b in bottom_blobs], [to_numpy(b.diff).copy() for b in layer.blobs])
 
     bottom_grads, param_grads = analytic()
     targets = [("bottom", i, bottom_blobs[i], bottom_grads[i]) for i in check_bottoms]
@@ -141,7 +136,7 @@ def compare_devices(text: str, bottoms: Sequence[np.ndarray], *, phase: str = "T
         gpu_blob.data[...] = gpu_blob.xp.asarray(cpu_blob.data)
     gpu_layer.forward(gpu_bottoms, gpu_tops)
     for c, g in zip(cpu_tops, gpu_tops):
-        np.testing.assert_allclose(_host(g.data), c.data, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(to_numpy(g.data), c.data, rtol=rtol, atol=atol)
     if not backward or cpu_layer.forward_only:
         return
     rng = np.random.default_rng(seed)
@@ -157,6 +152,6 @@ def compare_devices(text: str, bottoms: Sequence[np.ndarray], *, phase: str = "T
     gpu_layer.backward(gpu_tops, propagate, gpu_bottoms)
     for p, c, g in zip(propagate, cpu_bottoms, gpu_bottoms):
         if p:
-            np.testing.assert_allclose(_host(g.diff), c.diff, rtol=rtol, atol=atol)
+            np.testing.assert_allclose(to_numpy(g.diff), c.diff, rtol=rtol, atol=atol)
     for c, g in zip(cpu_layer.blobs, gpu_layer.blobs):
-        np.testing.assert_allclose(_host(g.diff), c.diff, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(to_numpy(g.diff), c.diff, rtol=rtol, atol=atol)

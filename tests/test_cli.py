@@ -105,7 +105,7 @@ def all_commands(group, prefix=()):
 
 def test_every_command_has_help_with_an_example():
     commands = list(all_commands(cli))
-    assert len(commands) == 18
+    assert len(commands) == 20  # with export and import (ONNX)
     for path in commands:
         result = run([*path, "--help"])
         assert "Example" in result.output, path
@@ -253,15 +253,15 @@ def test_train_a_bare_net_with_flag_overrides(work):
 
 
 def test_batch_size_applies_to_train_data_layers_only():
-    from dlsoft.cli import configure as cli_module
     from dlsoft.netdef.io import parse_net_text
+    from dlsoft.solver import config
     net = parse_net_text(NET_TRAIN)
-    cli_module.set_train_batch_size(net, 5, "net")
+    config.set_train_batch_size(net, 5, "net")
     shapes = [list(layer.dummy_data_param.shape[0].dim) for layer in net.layer if layer.type == "DummyData"]
     assert shapes == [[5, 4], [4, 4]]  # the TRAIN layer only
     assert list(net.layer[0].dummy_data_param.shape[1].dim) == [5]
     io_net = parse_net_text(NET_IO)
-    cli_module.set_train_batch_size(io_net, 7, "io")
+    config.set_train_batch_size(io_net, 7, "io")
     assert io_net.layer[0].input_param.shape[0].dim[0] == 7
 
 
@@ -423,3 +423,19 @@ def test_real_subprocess_python_m_dlsoft(work):
                          timeout=120, check=False)
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and bad.stderr.startswith("error: ")
+
+
+def test_solver_configuration_is_the_same_from_python():
+    """The CLI's defaults and overrides are dlsoft.solver.config's, usable without the CLI."""
+    from dlsoft.netdef.io import parse_net_text
+    from dlsoft.errors import DlsoftError
+    from dlsoft.solver import SOLVERS, config
+
+    assert config.SOLVER_TYPES == tuple(SOLVERS)
+    param = config.default_solver(parse_net_text(NET_TRAIN), name="tiny")
+    assert (param.type, param.base_lr, param.max_iter, param.snapshot_prefix) == ("SGD", pytest.approx(0.01), 1000, "tiny")
+    config.apply_overrides(param, "tiny", config.Overrides(lr=0.5, max_iter=20, solver_type="Adam", stages=("a",)))
+    assert (param.base_lr, param.max_iter, param.type, list(param.train_state.stage)) == (0.5, 20, "Adam", ["a"])
+    assert not config.Overrides().any() and config.Overrides(level=0).any()
+    with pytest.raises(DlsoftError, match="--lr must be positive"):
+        config.apply_overrides(param, "tiny", config.Overrides(lr=-1))

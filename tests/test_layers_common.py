@@ -12,7 +12,7 @@ from gradcheck import (
     run_layer,
 )
 
-from dlsoft.backend import CPU
+from dlsoft.backend import CPU, to_numpy
 from dlsoft.blob import Blob
 from dlsoft.errors import NetDefinitionError
 
@@ -585,14 +585,14 @@ def test_batchnorm_masks_its_statistics_from_the_solver():
 def test_gpu_dropout_mask_statistics():
     x = rand(200, 50, low=0.5, high=1.5)
     layer, bottoms, tops = run_layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 }', [x], device="gpu")
-    y = tops[0].data.get()
+    y = to_numpy(tops[0].data)
     kept = y != 0
     assert abs(1 - kept.mean() - 0.25) < 0.02
     close(y[kept], x[kept] / 0.75)
     dy = rand(200, 50, seed=1)
     tops[0].diff[...] = tops[0].xp.asarray(dy)
     layer.backward(tops, [True], bottoms)
-    close(bottoms[0].diff.get(), np.where(kept, dy / 0.75, 0))
+    close(to_numpy(bottoms[0].diff), np.where(kept, dy / 0.75, 0))
 
 
 def test_layers_in_a_net_with_split_and_in_place_chain():

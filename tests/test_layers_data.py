@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from gradcheck import make_layer, run_layer
 
+from dlsoft import random as dl_random
+from dlsoft.backend import parse_device, to_numpy
 from dlsoft.blob import Blob
 from dlsoft.data.lmdb_io import LMDBWriter, array_to_datum
 from dlsoft.errors import DataError, DlsoftError
@@ -244,11 +246,12 @@ def test_gpu_matches_cpu(text):
     """The GPU path (pinned staging, copy stream, consumed events) gives the CPU batches."""
     cpu, _, cpu_tops = run_layer(text, [], device="cpu", num_tops=2)
     gpu, _, gpu_tops = run_layer(text, [], device="gpu", num_tops=2)
-    for _ in range(6):  # more batches than prefetch slots: the slots are reused
+    for step in range(6):  # more batches than prefetch slots: the slots are reused
         for c, g in zip(cpu_tops, gpu_tops):
-            np.testing.assert_allclose(g.data.get(), c.data, rtol=1e-6)
-        cpu.forward([], cpu_tops)
-        gpu.forward([], gpu_tops)
+            np.testing.assert_allclose(to_numpy(g.data), c.data, rtol=1e-6)
+        for layer, tops in ((cpu, cpu_tops), (gpu, gpu_tops)):
+            dl_random.set_seed(step)  # DummyData redraws from the process generator: the same draws for both
+            layer.forward([], tops)
     cpu.close()
     gpu.close()
 
@@ -259,3 +262,38 @@ def test_memorydata_label_count_must_match():
     layer.setup([], tops)
     with pytest.raises(DataError, match="2 images but 3 labels"):
         layer.set_input_arrays(np.zeros((2, 1, 1, 1)), np.zeros(3))
+
+
+@pytest.mark.gpu
+def test_gpu_file_and_memory_sources_match_cpu(tmp_path):
+    """ImageData, HDF5Data and MemoryData deliver the CPU batches on the GPU too."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i, p in enumerate(rng.integers(0, 256, (3, 4, 5, 3)).astype(np.uint8)):
+        Image.fromarray(p, "RGB").save(tmp_path / f"{i}.png")
+    (tmp_path / "list.txt").write_text("".join(f"{i}.png {i + 4}\n" for i in range(3)))
+    write_h5(tmp_path / "a.h5", rng.standard_normal((5, 2, 3)).astype(np.float32), np.arange(5, dtype=np.float32))
+    (tmp_path / "h5list.txt").write_text(str(tmp_path / "a.h5") + "\n")
+    texts = [(f'type: "ImageData" top: "data" top: "label" transform_param {{ mean_value: 5 mirror: true }} '
+              f'image_data_param {{ source: "{tmp_path / "list.txt"}" root_folder: "{tmp_path}/" batch_size: 2 }}'),
+             f'type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{tmp_path / "h5list.txt"}" '
+             'batch_size: 2 }']
+    for text in texts:
+        cpu, _, cpu_tops = run_layer(text, [], device="cpu", num_tops=2)
+        gpu, _, gpu_tops = run_layer(text, [], device="gpu", num_tops=2)
+        for _ in range(4):
+            for c, g in zip(cpu_tops, gpu_tops):
+                np.testing.assert_array_equal(g.data.get(), c.data)
+            cpu.forward([], cpu_tops)
+            gpu.forward([], gpu_tops)
+        cpu.close()
+        gpu.close()
+    data = rng.standard_normal((4, 1, 2, 3)).astype(np.float32)
+    text = 'type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 channels: 1 height: 2 width: 3 }'
+    layer, tops = make_layer(text, device=parse_device("gpu")), [Blob(device=parse_device("gpu")) for _ in range(2)]
+    layer.setup([], tops)
+    layer.set_input_arrays(data, np.array([7, 8, 9, 10]))
+    for start in (0, 2, 0):
+        layer.forward([], tops)
+        np.testing.assert_array_equal(tops[0].data.get(), data[start:start + 2])
+        np.testing.assert_array_equal(tops[1].data.get(), [7, 8, 9, 10][start:start + 2])

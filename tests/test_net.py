@@ -275,6 +275,21 @@ def test_hdf5_weights_round_trip(tmp_path, shared_caffe):
             np.testing.assert_array_equal(a.data, b.data)
 
 
+def test_net_and_snapshot_write_one_hdf5_layout(tmp_path, shared_caffe):
+    """Net.save_hdf5 and the HDF5 snapshot are one writer: Caffe's layout, a group per layer."""
+    h5py = pytest.importorskip("h5py")
+    from dlsoft.solver import snapshot
+
+    net = dlsoft.Net(shared_caffe / "examples/cifar10/cifar10_quick.prototxt", phase="TEST")
+    net.save(tmp_path / "w.h5")
+    snapshot.write_model(net, str(tmp_path / "s.caffemodel.h5"), snapshot.HDF5)
+    with h5py.File(tmp_path / "w.h5", "r") as saved, h5py.File(tmp_path / "s.caffemodel.h5", "r") as snap:
+        assert list(saved["data"]) == list(snap["data"]) == sorted(net.layer_names)
+        assert len(saved["data/relu1"]) == 0  # layers without blobs get a group, as in Caffe
+        for name in net.params:
+            np.testing.assert_array_equal(saved[f"data/{name}/0"][()], snap[f"data/{name}/0"][()])
+
+
 @pytest.mark.parametrize("relpath,batch", [
     ("examples/mnist/lenet.prototxt", 4),
     ("examples/cifar10/cifar10_full.prototxt", 2),

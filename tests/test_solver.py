@@ -556,3 +556,22 @@ def test_train_net_param_and_several_test_nets_in_caffe_order(tmp_path):
     assert solver.net.name == "train"
     assert [net.name for net in solver.test_nets] == ["param_a", "param_b", "file"]  # params first, as Caffe
     assert np.shares_memory(solver.test_nets[2].params["ip"][0].data, solver.net.params["ip"][0].data)
+
+
+@pytest.mark.parametrize("regularization", ["L2", "L1"])
+def test_update_runs_caffes_named_steps(tmp_path, regularization):
+    """normalize (1/iter_size), regularize (in the solver's own buffer), compute_update."""
+    solver = tiny_solver(tmp_path, f'iter_size: 2 regularization_type: "{regularization}" type: "SGD" momentum: 0')
+    assert all(not buffers for buffers in solver.rule.scratch)  # SGD needs none: decay is the solver's
+    blob = solver.net.learnable_params[0]
+    w = np.asarray(blob.data).copy()
+    g = np.random.default_rng(3).standard_normal(blob.shape).astype(np.float32)
+    blob.diff[...] = g
+    solver.normalize(0, blob)
+    np.testing.assert_allclose(blob.diff, g / 2, rtol=1e-6)
+    solver.regularize(0, blob)
+    decay = 0.001 * solver.net.params_weight_decay[0]
+    expected = g / 2 + decay * (np.sign(w) if regularization == "L1" else w)
+    np.testing.assert_allclose(blob.diff, expected, rtol=1e-5, atol=1e-8)
+    solver.compute_update(0, 0.05)
+    np.testing.assert_allclose(blob.diff, 0.05 * solver.net.params_lr[0] * expected, rtol=1e-5, atol=1e-8)

@@ -32,6 +32,6 @@ from __future__ import annotations
 from .app import cli, command, main, settings
 
 # Each module registers its commands on import.
-from . import inspection, tools, train, zoo  # noqa: E402,F401  isort: skip
+from . import inspection, onnx_commands, tools, train, zoo  # noqa: E402,F401  isort: skip
 
 __all__ = ["cli", "command", "main", "settings"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import click
 
 from .. import __version__
-from ..errors import DlsoftError
+from ..errors import DlsoftError, one_line
 
 log = logging.getLogger("dlsoft.cli")
 
@@ -93,14 +93,10 @@ def configure_logging() -> None:
     logging.getLogger("dlsoft").setLevel(level)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _fail(message: str, code: int) -> None:
     if settings.debug:
         traceback.print_exc(file=sys.stderr)
-    click.echo(f"error: {_one_line(message)}", err=True)
+    click.echo(f"error: {one_line(message)}", err=True)
     sys.exit(code)
 
 

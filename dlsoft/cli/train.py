@@ -1,19 +1,18 @@
 """``dlsoft train``, ``test`` and ``time``: Caffe's tool commands."""
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ..errors import DlsoftError
+from ..zoo_ref import is_zoo_ref, parse_zoo_ref
 from .app import cli, command, log, settings
-from .configure import (
-    SOLVER_TYPES, absolute_net_paths, apply_overrides, default_solver, default_test_interval,
-    has_test_phase,
-)
 from .options import (
-    ZOO_PREFIX, format_number, format_value, gpu_option, level_option, parse_gpu, phase_option,
+    LazyChoice, format_number, format_value, gpu_option, level_option, parse_gpu, parse_gpus, phase_option,
     require_file, resolve, stage_names, stage_option,
 )
 
@@ -33,7 +32,7 @@ def _prepare_zoo_training(ref: str, run_dir: str | None) -> tuple[str, Path]:
     """Copy a zoo entry's configs into a run directory; return (its solver path, the run dir)."""
     from .. import model_zoo
 
-    name = ref[len(ZOO_PREFIX):].partition("/")[0]
+    name, _ = parse_zoo_ref(ref)
     entry = model_zoo.get_entry(name)
     if entry.file_record("solver") is None:
         raise DlsoftError(f"zoo entry '{entry.name}' has no solver to train with")
@@ -72,7 +71,62 @@ Examples:
   dlsoft train --solver lenet_solver.prototxt --snapshot lenet_iter_5000.solverstate
   dlsoft train net.prototxt --lr 0.05 --max-iter 500 --batch-size 32
   dlsoft train zoo:lenet_mnist --max-iter 1000
+
+\b
+Data-parallel (rank r of N reads batches r, r+N, ...; N ranks at batch B train as one
+process at batch N*B; rank 0 logs, tests and snapshots; resume on any number of ranks):
+  mpirun -n 4 dlsoft train --solver s.prototxt            N processes (pip install 'dlsoft[mpi]')
+  mpirun -n 8 --hostfile hosts dlsoft train --solver s.prototxt
+                                   N machines: hosts lists 'name slots=K' per line
+  dlsoft train --solver s.prototxt --gpu all              one process per GPU, NCCL (or --gpu 0,1)
 """
+
+
+def _solver_types():
+    from ..solver.config import SOLVER_TYPES
+
+    return SOLVER_TYPES
+
+
+#: The flags that override a solver file's settings: one ``dlsoft.solver.config.Overrides``.
+_OVERRIDE_OPTIONS = (
+    click.option("--seed", "-seed", "seed", type=int, help="Random seed (solver's random_seed)."),
+    click.option("--lr", "--base-lr", "-base_lr", "lr", type=float, help="Base learning rate (default 0.01)."),
+    click.option("--max-iter", "-max_iter", "max_iter", type=int, help="Iterations to train (default 1000)."),
+    click.option("--batch-size", "-batch_size", "batch_size", type=int, help="Batch size of the TRAIN data layers."),
+    click.option("--solver-type", "--type", "-type", "solver_type",
+                 type=LazyChoice(_solver_types, case_sensitive=False), help="Update rule (default SGD)."),
+    click.option("--lr-policy", "-lr_policy", "lr_policy",
+                 type=click.Choice(["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"]),
+                 help="Learning-rate policy (default fixed)."),
+    click.option("--momentum", "-momentum", "momentum", type=float, help="Momentum (default 0.9)."),
+    click.option("--weight-decay", "-weight_decay", "weight_decay", type=float, help="Weight decay (default 0)."),
+    click.option("--test-interval", "-test_interval", "test_interval", type=int, help="Test every N iterations."),
+    click.option("--test-iter", "-test_iter", "test_iter", type=int, help="Batches per test (default 10)."),
+    click.option("--display", "-display", "display", type=int, help="Log the loss every N iterations."),
+    click.option("--snapshot-every", "-snapshot_every", "snapshot_every", type=int,
+                 help="Snapshot every N iterations (the solver's `snapshot`)."),
+    click.option("--snapshot-prefix", "-snapshot_prefix", "snapshot_prefix", metavar="PREFIX",
+                 help="Snapshot file prefix (files PREFIX_iter_N.caffemodel/.solverstate)."),
+    stage_option,
+    level_option,
+)
+_OVERRIDE_NAMES = ("seed", "lr", "max_iter", "batch_size", "solver_type", "lr_policy", "momentum", "weight_decay",
+                   "test_interval", "test_iter", "display", "snapshot_every", "snapshot_prefix", "stages", "level")
+
+
+def override_options(f):
+    """Declare the solver-override flags; ``f`` gets them as one ``overrides`` value."""
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        from ..solver.config import Overrides
+
+        values = {name: kwargs.pop(name) for name in _OVERRIDE_NAMES}
+        values["stages"] = stage_names(values["stages"])
+        return f(*args, overrides=Overrides(**values), **kwargs)
+    for option in reversed(_OVERRIDE_OPTIONS):
+        run = option(run)
+    return run
 
 
 @command(cli, "train", epilog=TRAIN_EXAMPLES)
@@ -83,35 +137,21 @@ Examples:
               help="Start from these weights (fine-tuning; layers matched by name).")
 @click.option("--snapshot", "-snapshot", "snapshot", metavar="FILE", help="Resume from a .solverstate.")
 @gpu_option
-@click.option("--seed", "-seed", "seed", type=int, help="Random seed (solver's random_seed).")
-@click.option("--lr", "--base-lr", "-base_lr", "lr", type=float, help="Base learning rate (default 0.01).")
-@click.option("--max-iter", "-max_iter", "max_iter", type=int, help="Iterations to train (default 1000).")
-@click.option("--batch-size", "-batch_size", "batch_size", type=int, help="Batch size of the TRAIN data layers.")
-@click.option("--solver-type", "--type", "-type", "solver_type",
-              type=click.Choice(SOLVER_TYPES, case_sensitive=False), help="Update rule (default SGD).")
-@click.option("--lr-policy", "-lr_policy", "lr_policy",
-              type=click.Choice(["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"]),
-              help="Learning-rate policy (default fixed).")
-@click.option("--momentum", "-momentum", "momentum", type=float, help="Momentum (default 0.9).")
-@click.option("--weight-decay", "-weight_decay", "weight_decay", type=float, help="Weight decay (default 0).")
-@click.option("--test-interval", "-test_interval", "test_interval", type=int, help="Test every N iterations.")
-@click.option("--test-iter", "-test_iter", "test_iter", type=int, help="Batches per test (default 10).")
-@click.option("--display", "-display", "display", type=int, help="Log the loss every N iterations.")
-@click.option("--snapshot-every", "-snapshot_every", "snapshot_every", type=int,
-              help="Snapshot every N iterations (the solver's `snapshot`).")
-@click.option("--snapshot-prefix", "-snapshot_prefix", "snapshot_prefix", metavar="PREFIX",
-              help="Snapshot file prefix (files PREFIX_iter_N.caffemodel/.solverstate).")
+@override_options
 @click.option("--run-dir", "run_dir", metavar="DIR",
               help="For zoo:NAME: where to copy the entry and train (default runs/NAME).")
 @click.option("--sigint-effect", "-sigint_effect", "sigint_effect", type=click.Choice(["stop", "snapshot", "none"]),
               default=None, help="What Ctrl-C does (default: snapshot, then stop).")
 @click.option("--sighup-effect", "-sighup_effect", "sighup_effect", type=click.Choice(["stop", "snapshot", "none"]),
               default=None, help="What SIGHUP does (default: snapshot).")
-@stage_option
-@level_option
-def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed, lr, max_iter, batch_size,
-                  solver_type, lr_policy, momentum, weight_decay, test_interval, test_iter, display,
-                  snapshot_every, snapshot_prefix, run_dir, sigint_effect, sighup_effect, stages, level):
+@click.option("--distributed", "distributed", type=click.Choice(["auto", "mpi", "nccl", "none"]), default="auto",
+              show_default=True, help="Data-parallel transport: auto (MPI under mpirun/mpiexec/srun, NCCL "
+                                      "with --gpu all), or force one; none trains alone.")
+@click.option("--heartbeat-timeout", "heartbeat_timeout", type=click.FloatRange(min=1), default=None,
+              metavar="SECONDS", help="Data-parallel: a rank silent this long is lost and the job stops "
+                                      "(default 20).")
+def train_command(model, solver_path, model_option, weights, snapshot, gpu, overrides, run_dir, sigint_effect,
+                  sighup_effect, distributed, heartbeat_timeout):
     """Train a net: from a solver file, or a net file with default solver settings.
 
     With --solver, the solver file says everything and the flags below override it.
@@ -120,6 +160,7 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
     (zoo:NAME) is copied into a run directory and trained with its own solver.
     """
     from ..netdef import io
+    from ..solver import config
 
     if model and model_option:
         raise click.UsageError("give the net either as an argument or with --model, not both")
@@ -130,43 +171,38 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
         raise click.UsageError("give either a net to train with default settings or --solver, not both")
     if not model and not solver_path:
         raise click.UsageError("nothing to train: give a net file, zoo:NAME, or --solver FILE")
-    if run_dir and not (model or solver_path or "").startswith(ZOO_PREFIX):
+    if run_dir and not is_zoo_ref(model or solver_path):
         raise click.UsageError("--run-dir is for training a zoo entry (zoo:NAME)")
 
     run_directory = None
-    if model and model.startswith(ZOO_PREFIX) and "/" not in model:
+    if is_zoo_ref(model) and not parse_zoo_ref(model)[1]:
         solver_path, run_directory = _prepare_zoo_training(model, run_dir)
         model = None
-    elif solver_path and solver_path.startswith(ZOO_PREFIX):
+    elif is_zoo_ref(solver_path):
         solver_path, run_directory = _prepare_zoo_training(solver_path, run_dir)
 
-    overrides = {"lr": lr, "max_iter": max_iter, "batch_size": batch_size, "solver_type": solver_type,
-                 "lr_policy": lr_policy, "test_interval": test_interval, "test_iter": test_iter,
-                 "momentum": momentum, "weight_decay": weight_decay, "display": display,
-                 "snapshot_every": snapshot_every, "snapshot_prefix": snapshot_prefix, "seed": seed,
-                 "level": level}
-    stages = stage_names(stages)
     if solver_path:
         where = solver_path
         solver_param = io.read_solver(solver_path)
         if run_directory is not None and not os.path.isabs(solver_param.snapshot_prefix or "x"):
-            overrides["snapshot_prefix"] = overrides["snapshot_prefix"] or \
-                str(run_directory / (solver_param.snapshot_prefix or "snapshot"))
-        if any(v is not None for v in overrides.values()) or stages:
-            absolute_net_paths(solver_param, solver_path)
+            overrides = replace(overrides, snapshot_prefix=overrides.snapshot_prefix
+                                or str(run_directory / (solver_param.snapshot_prefix or "snapshot")))
+        if overrides.any():
+            config.absolute_net_paths(solver_param, solver_path, resolve)
             if not solver_param.HasField("snapshot_prefix"):  # Caffe's default: the solver file's path
                 solver_param.snapshot_prefix = str(Path(solver_path).with_suffix(""))
-            apply_overrides(solver_param, where, stages=stages, **overrides)
+            config.apply_overrides(solver_param, where, overrides)
             source = solver_param
         else:
             source = solver_path  # unchanged: the solver reads it and names its lines in errors
     else:
         net_path = resolve(model, "train_val")
         where = net_path
-        solver_param = default_solver(io.read_net(net_path), name=Path(net_path).stem)
-        if test_interval is None and max_iter is not None and has_test_phase(solver_param.net_param):
-            overrides["test_interval"] = default_test_interval(max_iter) if max_iter > 0 else None
-        apply_overrides(solver_param, where, stages=stages, **overrides)
+        solver_param = config.default_solver(io.read_net(net_path), name=Path(net_path).stem)
+        max_iter = overrides.max_iter
+        if overrides.test_interval is None and max_iter is not None and config.has_test_phase(solver_param.net_param):
+            overrides = replace(overrides, test_interval=config.default_test_interval(max_iter) if max_iter > 0 else None)
+        config.apply_overrides(solver_param, where, overrides)
         source = solver_param
     weights_paths = [resolve(w, "weights") for w in weights.split(",") if w] if weights else []
     for path in weights_paths:  # fail before any work; the solver also looks beside its file
@@ -175,8 +211,27 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, seed
             raise DlsoftError("weights file not found", path=path)
     if snapshot:
         snapshot = require_file(resolve(snapshot, "solverstate"), "solver state")
-    device = _train_device(gpu, solver_param)
-    _run_training(source, where, device, weights_paths, snapshot, sigint_effect, sighup_effect)
+    from ..distributed import launch, runner
+
+    gpus = parse_gpus(gpu)
+    kind = runner.wanted(None if distributed == "auto" else distributed)
+    if kind is None and distributed == "auto" and launch.mpi_world() and gpus:
+        kind = None if launch.world_size() == 1 else "nccl"  # MPI ranks each owning a GPU, NCCL between
+    if kind is None and len(gpus) > 1 and distributed != "none":
+        code = runner.spawn_for_gpus(gpus, _child_arguments())  # Caffe's -gpu all: one process per GPU
+        raise SystemExit(code)
+    device = "cpu" if kind else _train_device(gpu, solver_param)
+    if kind == "nccl" and not launch.spawned_rank() and not gpus:
+        raise click.UsageError("--distributed nccl needs --gpu (the GPUs the ranks share out)")
+    _run_training(source, where, device, weights_paths, snapshot, sigint_effect, sighup_effect,
+                  kind=kind, random_seed=solver_param.random_seed, heartbeat_timeout=heartbeat_timeout, gpus=gpus)
+
+
+def _child_arguments() -> list[str]:
+    """This command line again, for the one-process-per-GPU children (they find their GPU in the environment)."""
+    import sys
+
+    return list(sys.argv[1:])
 
 
 def _train_device(gpu: str | None, solver_param) -> str:
@@ -196,26 +251,39 @@ def _train_device(gpu: str | None, solver_param) -> str:
 
 
 def _run_training(source, where: str, device: str, weights: list[str], snapshot: str | None,
-                  sigint_effect: str | None, sighup_effect: str | None) -> None:
+                  sigint_effect: str | None, sighup_effect: str | None, kind: str | None = None,
+                  random_seed: int = -1, heartbeat_timeout: float | None = None, gpus=None) -> None:
     from ..solver import Solver
 
     options = {name: value for name, value in (("sigint_effect", sigint_effect), ("sighup_effect", sighup_effect))
                if value is not None}
-    try:
-        solver = Solver(source, device=device, weights=weights or None,
-                        progress_bar=False if settings.quiet else None, **options)
-    except DlsoftError as exc:
-        if exc.path is None:  # built from a message: name the file it came from
-            raise type(exc)(exc.detail, path=where) from None
-        raise
-    with solver:
-        solver.solve(resume=snapshot)
+
+    def build(shard=None, rank_device=None):
+        try:
+            return Solver(source, device=rank_device or device, weights=weights or None,
+                          progress_bar=False if settings.quiet else None, shard=shard, **options)
+        except DlsoftError as exc:
+            if exc.path is None:  # built from a message: name the file it came from
+                raise type(exc)(exc.detail, path=where) from None
+            raise
+
+    def report(solver):
         p = solver.param
         finished = solver.iter >= p.max_iter
         if finished and solver.test_nets and not (p.test_interval and solver.iter % p.test_interval == 0):
             log.info("Testing the final weights (iteration %d)", solver.iter)
             solver.test_all()  # the scores reported below are then those of the final weights
         _print_results(solver)
+
+    if kind is not None:  # one rank of a data-parallel job; rank 0 reports
+        from ..distributed import runner
+
+        runner.train(kind, build, snapshot, random_seed=random_seed, report=report,
+                     heartbeat_timeout=heartbeat_timeout, gpus=gpus)
+        return
+    with build() as solver:
+        solver.solve(resume=snapshot)
+        report(solver)
 
 
 # ============================================================================ test
@@ -241,7 +309,7 @@ def test_command(model, weights, iterations, gpu, phase, stages, level):
     from ..netdef.net import Net
 
     if weights is None:
-        if not model.startswith(ZOO_PREFIX):
+        if not is_zoo_ref(model):
             raise click.UsageError("test needs --weights (the trained model to score)")
         weights = model.partition("/")[0]
     weights_path = require_file(resolve(weights, "weights"), "weights file")

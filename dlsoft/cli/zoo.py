@@ -116,11 +116,13 @@ def zoo_fetch_command(name, timeout):
 @click.argument("entry_dir", type=click.Path(file_okay=False))
 @click.option("--index", "index", metavar="FILE", help="Index file to add the entry to (default: index.yaml "
                                                         "next to the folder).")
-def zoo_publish_command(entry_dir, index):
+@click.option("--onnx", "onnx", is_flag=True, help="Also export the deploy net to ONNX beside the weights "
+                                                   "(needs dlsoft[onnx]).")
+def zoo_publish_command(entry_dir, index, onnx):
     """Validate an entry folder, record its checksums, and add it to an index."""
     from .. import model_zoo
 
-    entry = model_zoo.publish(entry_dir, index=index)
+    entry = model_zoo.publish(entry_dir, index=index, onnx=onnx)
     click.echo(f"Published {entry.name} from {entry_dir}")
 
 

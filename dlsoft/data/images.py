@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 
 
 def _to_array(image: Image.Image, is_color: bool, height: int, width: int) -> np.ndarray:
@@ -33,7 +33,7 @@ def load_image(path: str | os.PathLike, height: int = 0, width: int = 0, is_colo
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {_one_line(exc)}") from None
+        raise DataError(f"cannot read image {path}: {one_line(exc)}") from None
 
 
 def decode_image(data: bytes, is_color: bool | None = None, where: str = "<bytes>") -> np.ndarray:
@@ -44,7 +44,7 @@ def decode_image(data: bytes, is_color: bool | None = None, where: str = "<bytes
                 is_color = image.mode not in ("L", "1", "I", "I;16", "F")
             return _to_array(image, is_color, 0, 0)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot decode image in {where}: {_one_line(exc)}") from None
+        raise DataError(f"cannot decode image in {where}: {one_line(exc)}") from None
 
 
 def encode_image(pixels: np.ndarray, fmt: str = "png") -> bytes:
@@ -59,9 +59,5 @@ def encode_image(pixels: np.ndarray, fmt: str = "png") -> bytes:
     try:
         image.save(out, format=fmt.upper())
     except (KeyError, ValueError, OSError) as exc:
-        raise DataError(f"cannot encode image as {fmt!r}: {_one_line(exc)}") from None
+        raise DataError(f"cannot encode image as {fmt!r}: {one_line(exc)}") from None
     return out.getvalue()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -14,7 +14,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..protos import caffe_pb2
 from .images import decode_image
 
@@ -79,7 +79,7 @@ def open_env(path: str | os.PathLike) -> lmdb.Environment:
             try:
                 env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=126)
             except lmdb.Error as exc:
-                raise DataError(f"cannot open LMDB {path}: {' '.join(str(exc).split())}") from None
+                raise DataError(f"cannot open LMDB {path}: {one_line(exc)}") from None
             _envs[key] = [env, 0]
         _envs[key][1] += 1
         return _envs[key][0]

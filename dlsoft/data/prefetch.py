@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from ..backend import CPU, Device
-from ..errors import DataError, DlsoftError
+from ..errors import DataError, DlsoftError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -174,5 +174,4 @@ def _as_data_error(name: str, exc: BaseException) -> DataError:
         detail = exc.args[0] if exc.args else str(exc)
     else:
         detail = f"{type(exc).__name__}: {exc}"
-    detail = " ".join(str(detail).split())
-    return DataError(f"{name}: {detail}")
+    return DataError(f"{name}: {one_line(detail)}")

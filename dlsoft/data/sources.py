@@ -4,6 +4,10 @@ A *reader* returns examples one at a time, in order, wrapping around at the end:
 ``read() -> (where, pixels (C, H, W), label)`` where ``where`` names the record for
 error messages. :class:`RecordBatchSource` gathers ``batch_size`` of them, checks
 each has the shape of the first record, and applies the transform.
+
+Sharded sources (data-parallel training, :mod:`.shard`) skip the other ranks' chunks of
+the stream: ``shard.first_skip`` records before the first batch, ``shard.between_skip``
+after each one. Skipping happens in the worker thread, as reading does.
 """
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from .images import load_image
+from .shard import WHOLE, Shard
 from .transform import Transformer
 
 #: float32 holds every integer up to 2**24 exactly; larger labels would be silently changed.
@@ -33,8 +38,10 @@ class RecordBatchSource:
     """Batches of ``batch_size`` records from ``reader``, transformed; labels as a second top."""
 
     def __init__(self, reader, batch_size: int, transformer: Transformer, with_labels: bool,
-                 first_shape: tuple[int, ...], dtype, layer: str):
+                 first_shape: tuple[int, ...], dtype, layer: str, shard: Shard = WHOLE):
         self.reader = reader
+        self.shard = shard
+        self._skip = shard.first_skip(batch_size)
         self.transformer = transformer
         self.with_labels = with_labels
         self.layer = layer
@@ -43,6 +50,9 @@ class RecordBatchSource:
         self.shapes = [(batch_size, *transformer.out_shape)] + ([(batch_size,)] if with_labels else [])
 
     def fill(self, arrays) -> None:
+        if self._skip:
+            self.reader.skip(self._skip)
+        self._skip = self.shard.between_skip(len(self.staging))
         read_into = getattr(self.reader, "read_into", None)
         if read_into is not None:  # array-backed readers copy whole slices at once
             read_into(self.staging, self.labels)
@@ -143,7 +153,15 @@ class ImageListReader:
         return self._load(0)
 
     def skip(self, n: int) -> None:
-        self.pos = (self.pos + n) % len(self.entries)
+        """Advance ``n`` entries without loading them, reshuffling at each wrap as ``read`` does."""
+        while n > 0:
+            take = min(n, len(self.entries) - self.pos)
+            self.pos += take
+            n -= take
+            if self.pos == len(self.entries):
+                self.pos = 0
+                if self.shuffle:
+                    self.rng.shuffle(self.entries)
 
     def read(self):
         record = self._load(self.pos)
@@ -165,7 +183,7 @@ class HDF5Source:
     """
 
     def __init__(self, source: str, batch_size: int, names: list[str], shuffle: bool,
-                 rng: np.random.Generator, layer: str):
+                 rng: np.random.Generator, layer: str, shard: Shard = WHOLE):
         if not os.path.isfile(source):
             raise DataError(f"HDF5 list file not found: {source}")
         folder = Path(source).parent
@@ -182,6 +200,8 @@ class HDF5Source:
                                 f"(looked in {', '.join(str(p) for p in candidates)})")
             self.files.append(str(found))
         self.names, self.shuffle, self.rng, self.layer = names, shuffle, rng, layer
+        self.shard = shard
+        self._skip = shard.first_skip(batch_size)
         self.file_order = np.arange(len(self.files))
         if shuffle:
             self.rng.shuffle(self.file_order)
@@ -202,7 +222,7 @@ class HDF5Source:
                                     f"(datasets: {', '.join(sorted(f.keys()))})")
                 data = [np.asarray(f[n], dtype=np.float32) for n in self.names]
         except OSError as exc:
-            raise DataError(f"cannot read HDF5 file {path}: {' '.join(str(exc).split())}") from None
+            raise DataError(f"cannot read HDF5 file {path}: {one_line(exc)}") from None
         rows = {len(d) if d.ndim else 0 for d in data}
         if len(rows) != 1 or 0 in rows:
             raise DataError(f"HDF5 file {path}: datasets {self.names} must be non-empty and "
@@ -219,7 +239,14 @@ class HDF5Source:
         self.pos = 0
 
     def fill(self, arrays) -> None:
-        done, n = 0, len(arrays[0])
+        if self._skip:
+            self._advance(self._skip, None)
+        self._skip = self.shard.between_skip(len(arrays[0]))
+        self._advance(len(arrays[0]), arrays)
+
+    def _advance(self, n: int, arrays) -> None:
+        """Take the next ``n`` rows into ``arrays`` (None: skip them), moving file to file."""
+        done = 0
         while done < n:
             if self.pos == len(self.rows):
                 self.file_index += 1
@@ -235,7 +262,7 @@ class HDF5Source:
                         self.rng.shuffle(self.rows)
             take = min(n - done, len(self.rows) - self.pos)
             rows = self.rows[self.pos:self.pos + take]
-            for out, d in zip(arrays, self.data):
+            for out, d in zip(arrays or (), self.data):
                 out[done:done + take] = d[rows]
             done += take
             self.pos += take

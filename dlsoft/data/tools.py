@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import random as dl_random
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..protos import caffe_pb2
 from .images import decode_image, encode_image, load_image
 from .lmdb_io import LMDBWriter, array_to_datum, read_records
@@ -114,7 +114,7 @@ def read_idx(path: str, limit: int | None = None) -> np.ndarray:
             size = int(np.prod(dims[1:], dtype=np.int64))
             data = np.frombuffer(f.read(n * size), dtype=np.uint8)
     except (OSError, EOFError, struct.error) as exc:
-        raise DataError(f"cannot read idx file {path}: {' '.join(str(exc).split())}") from None
+        raise DataError(f"cannot read idx file {path}: {one_line(exc)}") from None
     if data.size != n * size:
         raise DataError(f"idx file {path} is truncated: {data.size} of {n * size} bytes")
     return data.reshape((n, *dims[1:]))

@@ -10,22 +10,26 @@ For each example, in Caffe's order::
 the crop's position) or ``mean_value`` (one per channel, or one for all channels).
 Randomness comes from a generator the layer derives from ``dlsoft.random`` at setup,
 so the worker thread never shares a generator with the main thread and runs repeat
-exactly for a given seed.
+exactly for a given seed. A sharded transformer (data-parallel training, see
+:mod:`.shard`) draws the numbers of the whole global batch and keeps its rank's chunk,
+so N ranks crop and mirror exactly as one process at N times the batch.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import DataError
+from .shard import WHOLE, Shard
 
 
 class Transformer:
     """Transforms batches of ``in_shape`` = (C, H, W) examples into float32 batches."""
 
     def __init__(self, param, phase: str, in_shape: tuple[int, int, int], rng: np.random.Generator,
-                 layer: str = ""):
+                 layer: str = "", shard: Shard = WHOLE):
         self.phase = phase
         self.rng = rng
+        self.shard = shard
         self.in_shape = tuple(in_shape)
         self.scale = float(param.scale)
         self.mirror = bool(param.mirror) and phase == "TRAIN"
@@ -59,13 +63,14 @@ class Transformer:
         n = batch.shape[0]
         crop_h, crop_w = out.shape[2:]
         h, w = batch.shape[2:]
+        mine, size = self.shard.chunk(n), n * self.shard.size  # draw for the global batch
         if self.phase == "TRAIN" and self.crop:
-            tops = self.rng.integers(0, h - crop_h + 1, size=n)
-            lefts = self.rng.integers(0, w - crop_w + 1, size=n)
+            tops = self.rng.integers(0, h - crop_h + 1, size=size)[mine]
+            lefts = self.rng.integers(0, w - crop_w + 1, size=size)[mine]
         else:
             tops = np.full(n, (h - crop_h) // 2)
             lefts = np.full(n, (w - crop_w) // 2)
-        flips = self.rng.integers(0, 2, size=n).astype(bool) if self.mirror else np.zeros(n, bool)
+        flips = self.rng.integers(0, 2, size=size)[mine].astype(bool) if self.mirror else np.zeros(n, bool)
         if self.mean is not None and self.mean.shape[1:] != (1, 1):
             # A mean image is indexed at the source position, so subtract before cropping.
             source = batch.astype(np.float32) - self.mean

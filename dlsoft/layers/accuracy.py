@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import Layer
 from .helpers import canonical_axis, outer_dim_inner
-from .loss import LossLayer
+from .loss import read_labels
 from .registry import register
 
 
 @register
-class AccuracyLayer(LossLayer):
+class AccuracyLayer(Layer):
     """Fraction of valid positions whose label is among the ``top_k`` scores along ``axis``
     (a label counts as correct when fewer than ``top_k`` classes score strictly higher).
     Optional second top: the accuracy of each class (0 for classes absent from the batch).
@@ -18,6 +19,7 @@ class AccuracyLayer(LossLayer):
     type = "Accuracy"
     forward_only = True
     exact_num_bottoms = 2
+    min_tops = 1
     max_tops = 2
 
     def setup(self, bottoms, tops):
@@ -40,9 +42,15 @@ class AccuracyLayer(LossLayer):
         self.labels = self.xp.empty((self.outer, self.inner), dtype=np.int64)
 
     def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=True)
+
+    def forward_gpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=False)  # a range check would wait for the GPU
+
+    def _forward(self, bottoms, tops, check_labels: bool):
         xp = self.xp
         scores = bottoms[0].data.reshape(self.outer, self.dim, self.inner)
-        self.read_labels(bottoms[1].data, self.labels, bottoms[1].count, self.dim)
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check_labels)
         labels = self.labels
         valid = (labels != self.ignore_label) if self.has_ignore else xp.ones(labels.shape, dtype=bool)
         labels *= valid

@@ -54,6 +54,8 @@ class Layer:
     forward_only: ClassVar[bool] = False
     #: True when tops may be the bottoms themselves (top name == bottom name).
     supports_in_place: ClassVar[bool] = False
+    #: The loss weight of top 0 when the LayerParameter gives none (Caffe's LossLayer: 1).
+    default_loss_weight: ClassVar[float] = 0.0
 
     def __init__(self, param, phase: str = TRAIN, device: Device = CPU):
         self.param = param
@@ -69,6 +71,39 @@ class Layer:
         return self.param.python_param.param_str
 
     # ---- the interface ------------------------------------------------------------
+    def initialize(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
+        """Caffe's ``Layer::SetUp``: :meth:`check_blob_counts`, :meth:`setup`, :meth:`reshape`."""
+        self.check_blob_counts(len(bottoms), len(tops))
+        self.setup(bottoms, tops)
+        self.reshape(bottoms, tops)
+
+    def num_auto_tops(self, num_tops: int) -> int:
+        """How many anonymous tops to add to ``num_tops`` given ones (``auto_top_blobs``)."""
+        wanted = max(self.exact_num_tops, self.min_tops)
+        return max(wanted - num_tops, 0) if self.auto_top_blobs else 0
+
+    def check_blob_counts(self, num_bottoms: int, num_tops: int) -> None:
+        """NetDefinitionError unless the counts fit the class's limits (``Layer::CheckBlobCounts``)."""
+        checks = (
+            (self.exact_num_bottoms >= 0 and num_bottoms != self.exact_num_bottoms,
+             f"takes {self.exact_num_bottoms} bottom blob(s), got {num_bottoms}"),
+            (self.min_bottoms >= 0 and num_bottoms < self.min_bottoms,
+             f"takes at least {self.min_bottoms} bottom blob(s), got {num_bottoms}"),
+            (self.max_bottoms >= 0 and num_bottoms > self.max_bottoms,
+             f"takes at most {self.max_bottoms} bottom blob(s), got {num_bottoms}"),
+            (self.exact_num_tops >= 0 and num_tops != self.exact_num_tops,
+             f"produces {self.exact_num_tops} top blob(s), got {num_tops}"),
+            (self.min_tops >= 0 and num_tops < self.min_tops,
+             f"produces at least {self.min_tops} top blob(s), got {num_tops}"),
+            (self.max_tops >= 0 and num_tops > self.max_tops,
+             f"produces at most {self.max_tops} top blob(s), got {num_tops}"),
+            (self.equal_num_bottom_top and num_bottoms != num_tops,
+             f"needs as many tops as bottoms, got {num_bottoms} and {num_tops}"),
+        )
+        for failed, message in checks:
+            if failed:
+                raise self.error(message)
+
     def setup(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
         """Read parameters and create ``self.blobs``. Default: nothing to set up."""
 
@@ -111,9 +146,10 @@ class Layer:
         """Release resources (prefetch threads, files). Called when the net is closed."""
 
     # ---- helpers for subclasses -----------------------------------------------------
-    def make_blob(self, shape: Sequence[int], name: str = "") -> Blob:
-        """A new blob on this layer's device (for learnable parameters or buffers)."""
-        return Blob(shape, self.device, name=name or self.name)
+    def make_blob(self, shape: Sequence[int], role: str = "") -> Blob:
+        """A new blob on this layer's device (for learnable parameters or buffers), named
+        ``<layer>.<role>`` (``conv1.weight``): the one naming of parameter blobs."""
+        return Blob(shape, self.device, name=f"{self.name}.{role}" if role else self.name)
 
     def error(self, message: str) -> NetDefinitionError:
         """A NetDefinitionError naming this layer: ``raise self.error("...")``."""

@@ -16,6 +16,7 @@ import numpy as np
 from .base import Layer
 from .fillers import fill
 from .im2col import Geometry, col2im_add, im2col_view, padded_input, unpad
+from .kernels.im2col import col2im_gpu, im2col_gpu
 from .registry import register
 
 #: Most col elements one GEMM chunk may hold (64 MiB of float32); larger batches are split.
@@ -64,10 +65,6 @@ def _image_4d(layer: Layer, blob, axis: int):
     return (blob.count_from(0, axis), *blob.shape[axis:])
 
 
-def _is_gpu(array) -> bool:
-    return not isinstance(array, np.ndarray)
-
-
 class _ConvolutionBase(Layer):
     """Shared machinery of Convolution and Deconvolution (Caffe's BaseConvolutionLayer).
 
@@ -96,10 +93,10 @@ class _ConvolutionBase(Layer):
         self.channels = channels
         first, second = (channels, self.num_output) if self.transposed else (self.num_output, channels)
         if not self.blobs:
-            self.blobs = [self.make_blob((first, second // self.group, *self.kernel), name=f"{self.name}_w")]
+            self.blobs = [self.make_blob((first, second // self.group, *self.kernel), "weight")]
             fill(self.blobs[0], p.weight_filler)
             if p.bias_term:
-                self.blobs.append(self.make_blob((self.num_output,), name=f"{self.name}_b"))
+                self.blobs.append(self.make_blob((self.num_output,), "bias"))
                 fill(self.blobs[1], p.bias_filler)
         self.param_propagate_down = [True] * len(self.blobs)
 
@@ -141,10 +138,7 @@ class _ConvolutionBase(Layer):
         self._col_store = xp.empty(self.col_rows * n * self.plane, np.float32)
         self._columns_store = xp.empty(column_channels * n * self.plane, np.float32)
         self._weight_grad = xp.empty(self.blobs[0].shape, np.float32).reshape(self.group, -1, self.col_rows // self.group)
-        gpu = self.device.is_gpu
-        padded = g.pad != (0, 0) and not gpu
-        self._padded = xp.zeros((n, g.channels, *g.padded_shape), np.float32) if padded else None
-        self._padded_diff = xp.zeros((n, g.channels, *g.padded_shape), np.float32) if padded else None
+        self._padded = self._padded_diff = None  # CPU-only: see _cpu_padding
         self._col_source = None  # which (bottom data, chunk start) self._col holds, to skip a redo
 
     # ---- the steps, each for one chunk of n images ----------------------------------------------
@@ -160,31 +154,56 @@ class _ConvolutionBase(Layer):
     def _weights(self):
         return self.blobs[0].data.reshape(self.group, -1, self.col_rows // self.group)
 
-    def _im2col(self, images):
+    def _cpu_padding(self):
+        """The CPU path's padded copies of a chunk of images (None without padding), made on
+        first use after a reshape: the GPU kernels read and write the unpadded images."""
+        g = self.geometry
+        if g.pad != (0, 0) and self._padded is None:
+            shape = (self.chunk, g.channels, *g.padded_shape)
+            self._padded, self._padded_diff = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return self._padded, self._padded_diff
+
+    # The im2col/col2im steps: the one place where the two devices differ. The CPU methods
+    # pass the numpy steps, the GPU methods the kernels, to the same algorithm.
+    def _im2col_cpu(self, images):
         """col (group, K, n*P) from images (n, C, H, W)."""
         n, g = images.shape[0], self.geometry
         col = self._col(n)
-        if _is_gpu(images):
-            from .kernels.im2col import im2col_gpu
-            im2col_gpu(images, col, g, channel_major=True)
-            return col
-        padded = padded_input(self.xp, images, g, None if self._padded is None else self._padded[:n])
-        view = im2col_view(self.xp, padded, g)
+        padded, _ = self._cpu_padding()
+        padded = padded_input(np, images, g, None if padded is None else padded[:n])
+        view = im2col_view(np, padded, g)
         np.copyto(col.reshape(g.channels, *g.kernel, n, *g.out_shape), view.transpose(1, 2, 3, 0, 4, 5))
         return col
 
-    def _col2im(self, col, images_diff):
+    def _col2im_cpu(self, col, images_diff):
         """Overwrite images_diff (n, C, H, W) with the transpose of im2col applied to col."""
         n, g = images_diff.shape[0], self.geometry
-        if _is_gpu(images_diff):
-            from .kernels.im2col import col2im_gpu
-            col2im_gpu(col, images_diff, g, channel_major=True)
-            return
-        target = images_diff if self._padded_diff is None else self._padded_diff[:n]
+        _, padded_diff = self._cpu_padding()
+        target = images_diff if padded_diff is None else padded_diff[:n]
         target[...] = 0
         col2im_add(col.reshape(g.channels, *g.kernel, n, *g.out_shape).transpose(3, 0, 1, 2, 4, 5), target, g)
         if target is not images_diff:
             images_diff[...] = unpad(target, g)
+
+    def _im2col_gpu(self, images):
+        col = self._col(images.shape[0])
+        im2col_gpu(images, col, self.geometry, channel_major=True)
+        return col
+
+    def _col2im_gpu(self, col, images_diff):
+        col2im_gpu(col, images_diff, self.geometry, channel_major=True)
+
+    def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops, self._im2col_cpu, self._col2im_cpu)
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        self._backward(tops, propagate_down, bottoms, self._im2col_cpu, self._col2im_cpu)
+
+    def forward_gpu(self, bottoms, tops):
+        self._forward(bottoms, tops, self._im2col_gpu, self._col2im_gpu)
+
+    def backward_gpu(self, tops, propagate_down, bottoms):
+        self._backward(tops, propagate_down, bottoms, self._im2col_gpu, self._col2im_gpu)
 
     def _gather(self, columns_side):
         """(n, group*M, P) -> (group, M, n*P), a copy into a work buffer."""
@@ -224,18 +243,18 @@ class ConvolutionLayer(_ConvolutionBase):
 
     type = "Convolution"
 
-    def forward_cpu(self, bottoms, tops):
+    def _forward(self, bottoms, tops, im2col, col2im):
         weights = self._weights()
         for index, (bottom, top) in enumerate(zip(bottoms, tops)):
             images, outputs = self._as_images(bottom.data), top.data.reshape(self.outer, self.num_output, -1)
             for part in self._chunks():
-                col = self._im2col(images[part])
+                col = im2col(images[part])
                 columns = self._columns(col.shape[2] // self.plane)
                 self.xp.matmul(weights, col, out=columns)
                 self._scatter(columns, outputs[part], add_bias=True)
             self._col_source = (index, bottom.data) if self.chunk >= self.outer else None
 
-    def backward_cpu(self, tops, propagate_down, bottoms):
+    def _backward(self, tops, propagate_down, bottoms, im2col, col2im):
         weights = self._weights()
         for index, (bottom, top, down) in enumerate(zip(bottoms, tops, propagate_down)):
             top_diff = top.diff.reshape(self.outer, self.num_output, -1)
@@ -247,16 +266,14 @@ class ConvolutionLayer(_ConvolutionBase):
                 if self.param_propagate_down[0]:
                     cached = self._col_source is not None and self._col_source[0] == index \
                         and self._col_source[1] is bottom.data
-                    col = self._col(dy.shape[2] // self.plane) if cached else self._im2col(images[part])
+                    col = self._col(dy.shape[2] // self.plane) if cached else im2col(images[part])
                     self._accumulate_weight_grad(dy, col)
                 if down:
                     col = self._col(dy.shape[2] // self.plane)
                     self.xp.matmul(weights.transpose(0, 2, 1), dy, out=col)
                     self._col_source = None
-                    self._col2im(col, self._as_images(bottom.diff)[part])
+                    col2im(col, self._as_images(bottom.diff)[part])
 
-    forward_gpu = forward_cpu  # the steps dispatch to CUDA kernels on cupy arrays
-    backward_gpu = backward_cpu
 
 
 @register
@@ -270,7 +287,7 @@ class DeconvolutionLayer(_ConvolutionBase):
     type = "Deconvolution"
     transposed = True
 
-    def forward_cpu(self, bottoms, tops):
+    def _forward(self, bottoms, tops, im2col, col2im):
         weights = self._weights()
         for bottom, top in zip(bottoms, tops):
             inputs = bottom.data.reshape(self.outer, self.channels, -1)
@@ -279,11 +296,11 @@ class DeconvolutionLayer(_ConvolutionBase):
                 x = self._gather(inputs[part])
                 col = self._col(x.shape[2] // self.plane)
                 self.xp.matmul(weights.transpose(0, 2, 1), x, out=col)
-                self._col2im(col, outputs[part])
+                col2im(col, outputs[part])
             if len(self.blobs) > 1:
                 top.data.reshape(self.outer, self.num_output, -1)[...] += self.blobs[1].data[:, None]
 
-    def backward_cpu(self, tops, propagate_down, bottoms):
+    def _backward(self, tops, propagate_down, bottoms, im2col, col2im):
         weights = self._weights()
         for bottom, top, down in zip(bottoms, tops, propagate_down):
             if len(self.blobs) > 1 and self.param_propagate_down[1]:
@@ -291,7 +308,7 @@ class DeconvolutionLayer(_ConvolutionBase):
             inputs = bottom.data.reshape(self.outer, self.channels, -1)
             top_diff = self._as_images(top.diff)
             for part in self._chunks():
-                col = self._im2col(top_diff[part])
+                col = im2col(top_diff[part])
                 if self.param_propagate_down[0]:
                     self._accumulate_weight_grad(self._gather(inputs[part]), col)
                 if down:
@@ -299,8 +316,6 @@ class DeconvolutionLayer(_ConvolutionBase):
                     self.xp.matmul(weights, col, out=dx)
                     self._scatter(dx, bottom.diff.reshape(self.outer, self.channels, -1)[part], add_bias=False)
 
-    forward_gpu = forward_cpu
-    backward_gpu = backward_cpu
 
 
 @register
@@ -339,14 +354,12 @@ class Im2colLayer(Layer):
         bottoms[0].diff.reshape(self.outer, g.channels, g.height, g.width)[...] = unpad(padded, g)
 
     def forward_gpu(self, bottoms, tops):
-        from .kernels.im2col import im2col_gpu
         g = self.geometry
         im2col_gpu(bottoms[0].data.reshape(self.outer, g.channels, g.height, g.width), tops[0].data, g,
                    channel_major=False)
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
-            from .kernels.im2col import col2im_gpu
             g = self.geometry
             col2im_gpu(tops[0].diff, bottoms[0].diff.reshape(self.outer, g.channels, g.height, g.width), g,
                        channel_major=False)

@@ -9,6 +9,10 @@ prepare and fill their tops directly. Top shapes are known at setup from the fir
 
 Phases: every source is read in order with wrap-around; ``rand_skip`` (a random number of
 records skipped first, as Caffe) applies at TRAIN only, so TEST always starts at record 0.
+
+Data-parallel training: the Net gives the TRAIN data layers a :class:`~dlsoft.data.shard.Shard`
+before setup (``shard``); rank r of N then reads the chunks r, r+N, r+2N, ... of batch_size
+records of the stream one process would read (Data, ImageData, HDF5Data, MemoryData).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from .. import random as dl_random
 from ..data import digits
 from ..data.lmdb_io import LMDBReader
 from ..data.prefetch import Prefetcher
+from ..data.shard import WHOLE, Shard
 from ..data.sources import ArrayReader, HDF5Source, ImageListReader, RecordBatchSource
 from ..data.transform import Transformer
 from ..errors import DataError
@@ -38,6 +43,9 @@ class _DataLayer(Layer):
     min_tops = 1
     max_tops = 2
     forward_only = True
+    #: layers that read their own shard of the data in data-parallel training
+    shardable = False
+    shard: Shard = WHOLE
 
     def data_error(self, message: str) -> DataError:
         return DataError(f"layer '{self.name}' (type {self.type}): {message}")
@@ -50,6 +58,7 @@ class _PrefetchingDataLayer(_DataLayer):
     """Base of the layers fed by a :class:`Prefetcher`; subclasses build the batch source."""
 
     prefetcher: Prefetcher | None = None
+    shardable = True
 
     def make_source(self, num_tops: int):
         raise NotImplementedError
@@ -94,9 +103,10 @@ class _PrefetchingDataLayer(_DataLayer):
         if self.phase == TRAIN and getattr(legacy, "rand_skip", 0):
             reader.skip(int(self.rng.integers(0, legacy.rand_skip + 1)))
         _, first, _ = reader.first()
-        transformer = Transformer(self.transform_param(legacy), self.phase, first.shape, self.rng, self.name)
+        transformer = Transformer(self.transform_param(legacy), self.phase, first.shape, self.rng, self.name,
+                                  self.shard)
         return RecordBatchSource(reader, batch_size, transformer, with_labels, first.shape,
-                                 first.dtype, self.name)
+                                 first.dtype, self.name, self.shard)
 
 
 @register
@@ -167,7 +177,7 @@ class HDF5DataLayer(_PrefetchingDataLayer):
         names = list(self.param.top)
         if len(names) != num_tops:
             raise DataError(f"needs its top names (the dataset names), got {names}")
-        return HDF5Source(p.source, p.batch_size, names, p.shuffle, self.rng, self.name)
+        return HDF5Source(p.source, p.batch_size, names, p.shuffle, self.rng, self.name, self.shard)
 
 
 @register
@@ -175,12 +185,14 @@ class MemoryDataLayer(_DataLayer):
     """Caffe's MemoryData: batches from arrays given with :meth:`set_input_arrays`.
 
     Tops: data ``(batch_size, channels, height, width)`` and label ``(batch_size,)``.
-    Each forward copies the next ``batch_size`` rows, wrapping around.
+    Each forward copies the next ``batch_size`` rows, wrapping around (sharded: the
+    rank's next chunk, see :mod:`dlsoft.data.shard`).
     """
 
     type = "MemoryData"
     exact_num_tops = 2
     min_tops = max_tops = -1
+    shardable = True
 
     def setup(self, bottoms, tops):
         p = self.param.memory_data_param
@@ -204,7 +216,8 @@ class MemoryDataLayer(_DataLayer):
         if len(data) == 0 or len(data) % self.shape[0]:
             raise self.data_error(f"set_input_arrays: the number of images ({len(data)}) "
                                   f"must be a positive multiple of batch_size {self.shape[0]}")
-        self.data, self.labels, self.pos = data, labels, 0
+        self.data, self.labels = data, labels
+        self.pos = self.shard.first_skip(self.shape[0]) % len(data)
 
     def forward_cpu(self, bottoms, tops):
         if self.data is None:
@@ -213,7 +226,7 @@ class MemoryDataLayer(_DataLayer):
         xp = tops[0].xp
         tops[0].data[...] = xp.asarray(self.data[self.pos:self.pos + n])
         tops[1].data[...] = xp.asarray(self.labels[self.pos:self.pos + n])
-        self.pos = (self.pos + n) % len(self.data)
+        self.pos = (self.pos + n * self.shard.size) % len(self.data)
 
 
 @register

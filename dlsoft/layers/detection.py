@@ -12,11 +12,13 @@ import math
 import numpy as np
 
 from ..backend import to_numpy
+from ..protos import caffe_pb2
 from .base import Layer
 from .fillers import fill
 from .registry import register
 
-CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3  # PriorBoxParameter.CodeType
+_Code = caffe_pb2.PriorBoxParameter
+CORNER, CENTER_SIZE, CORNER_SIZE = _Code.CORNER, _Code.CENTER_SIZE, _Code.CORNER_SIZE
 
 
 @register
@@ -41,7 +43,7 @@ class NormalizeLayer(Layer):
         self.eps = p.eps
         if bottoms[0].num_axes < 2:
             raise self.error(f"bottom must be N x C x ..., got {bottoms[0].shape}")
-        scale = self.make_blob((1,) if self.channel_shared else (bottoms[0].shape[1],))
+        scale = self.make_blob((1,) if self.channel_shared else (bottoms[0].shape[1],), "scale")
         if p.HasField("scale_filler"):
             fill(scale, p.scale_filler)
         else:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..protos import caffe_pb2
 from .base import Layer
 from .registry import register
 
-PROD, SUM, MAX = 0, 1, 2  # EltwiseParameter.EltwiseOp
+_Op = caffe_pb2.EltwiseParameter
+PROD, SUM, MAX = _Op.PROD, _Op.SUM, _Op.MAX
 
 
 @register

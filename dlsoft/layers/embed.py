@@ -27,10 +27,10 @@ class EmbedLayer(Layer):
             raise self.error("embed_param needs positive num_output and input_dim")
         self.bias_term = p.bias_term
         if not self.blobs:
-            self.blobs = [self.make_blob((p.input_dim, p.num_output), f"{self.name}.weight")]
+            self.blobs = [self.make_blob((p.input_dim, p.num_output), "weight")]
             fill(self.blobs[0], p.weight_filler)
             if self.bias_term:
-                self.blobs.append(self.make_blob((p.num_output,), f"{self.name}.bias"))
+                self.blobs.append(self.make_blob((p.num_output,), "bias"))
                 fill(self.blobs[1], p.bias_filler)
         self._indices = None
         self._bias_grad = self.xp.empty(p.num_output, dtype=np.float32) if self.bias_term else None

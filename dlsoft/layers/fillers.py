@@ -14,8 +14,10 @@ import numpy as np
 from .. import random as dl_random
 from ..blob import Blob
 from ..errors import NetDefinitionError
+from ..protos import caffe_pb2
 
-FAN_IN, FAN_OUT, AVERAGE = 0, 1, 2
+FAN_IN, FAN_OUT, AVERAGE = (caffe_pb2.FillerParameter.FAN_IN, caffe_pb2.FillerParameter.FAN_OUT,
+                            caffe_pb2.FillerParameter.AVERAGE)
 
 
 def _fan(shape: tuple[int, ...], variance_norm: int) -> float:

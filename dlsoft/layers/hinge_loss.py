@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .loss import LossLayer
+from .loss import LossLayer, read_labels
 from .registry import register
 
 
@@ -37,8 +37,14 @@ class HingeLossLayer(LossLayer):
         self.pick = xp.empty(self.num, dtype=np.int64)
 
     def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=True)
+
+    def forward_gpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=False)  # a range check would wait for the GPU
+
+    def _forward(self, bottoms, tops, check_labels: bool):
         xp, m = self.xp, self.margins
-        self.read_labels(bottoms[1].data, self.labels, self.num, self.dim)
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check_labels)
         xp.add(self.rows, self.labels, out=self.pick)
         xp.copyto(m, bottoms[0].data.reshape(-1))
         m[self.pick] *= -1

@@ -35,10 +35,10 @@ class InnerProductLayer(Layer):
         self.num_input = bottoms[0].count_from(self.axis)
         if not self.blobs:
             shape = (self.num_input, p.num_output) if self.transpose else (p.num_output, self.num_input)
-            self.blobs = [self.make_blob(shape, f"{self.name}.weight")]
+            self.blobs = [self.make_blob(shape, "weight")]
             fill(self.blobs[0], p.weight_filler)
             if self.bias_term:
-                self.blobs.append(self.make_blob((p.num_output,), f"{self.name}.bias"))
+                self.blobs.append(self.make_blob((p.num_output,), "bias"))
                 fill(self.blobs[1], p.bias_filler)
         self._weight_grad = self.xp.empty(self.blobs[0].shape, dtype=np.float32)
         self._bias_grad = self.xp.empty(p.num_output, dtype=np.float32) if self.bias_term else None

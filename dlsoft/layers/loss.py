@@ -1,7 +1,7 @@
 """Losses: the shared LossLayer and Caffe's normalisation rules.
 
-A loss layer writes its value to ``top[0]`` (shape ``()``); the net gives ``*Loss``
-layers loss_weight 1 and seeds ``top[0].diff`` with the weight, so backward scales the
+A loss layer writes its value to ``top[0]`` (shape ``()``); the net gives LossLayer
+subclasses loss_weight 1 (``default_loss_weight``) and seeds ``top[0].diff`` with the weight, so backward scales the
 gradient by ``top[0].diff``, as Caffe does. Labels are never differentiated
 (``allow_backward_to`` is False for them).
 
@@ -45,6 +45,20 @@ def normalizer(mode: str, outer: int, inner: int, valid_count):
     return float(max(1, n))
 
 
+def read_labels(layer: Layer, label_data, out_int, limit: int, check: bool) -> None:
+    """``out_int`` = the labels as integers (truncated, as Caffe's static_cast).
+
+    With ``check`` (the CPU path: on a GPU the check would wait for the device), a label
+    outside ``[0, limit)`` other than the layer's ``ignore_label`` is an error naming it.
+    """
+    layer.xp.copyto(out_int, label_data.reshape(out_int.shape), casting="unsafe")
+    if check and out_int.size:
+        valid = out_int[out_int != layer.ignore_label] if layer.has_ignore else out_int
+        if valid.size and (valid.min() < 0 or valid.max() >= limit):
+            bad = valid.min() if valid.min() < 0 else valid.max()
+            raise layer.error(f"label {int(bad)} out of range [0, {limit})")
+
+
 class LossLayer(Layer):
     """Shared plumbing: ``top[0]`` is a scalar; bottoms 0 and 1 have the same first axis."""
 
@@ -52,6 +66,7 @@ class LossLayer(Layer):
     exact_num_tops = -1
     min_tops = 1
     max_tops = 1
+    default_loss_weight = 1.0
 
     def reshape(self, bottoms, tops):
         if bottoms[0].num_axes and bottoms[1].num_axes and bottoms[0].shape[0] != bottoms[1].shape[0]:
@@ -65,15 +80,6 @@ class LossLayer(Layer):
     def refuse_label_backward(self, propagate_down) -> None:
         if any(propagate_down[1:]):
             raise self.error("cannot backpropagate to label inputs")
-
-    def read_labels(self, label_data, out_int, count: int, limit: int) -> None:
-        """Labels as integers (truncated, as Caffe's static_cast), checked on the CPU."""
-        self.xp.copyto(out_int, label_data.reshape(out_int.shape), casting="unsafe")
-        if not self.device.is_gpu and count:
-            valid = out_int[out_int != self.ignore_label] if self.has_ignore else out_int
-            if valid.size and (valid.min() < 0 or valid.max() >= limit):
-                bad = valid.min() if valid.min() < 0 else valid.max()
-                raise self.error(f"label {int(bad)} out of range [0, {limit})")
 
     def setup_ignore_label(self) -> None:
         p = self.param.loss_param

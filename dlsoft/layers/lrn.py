@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Layer
+from .kernels import i32, launch
 from .registry import register
 
 
@@ -37,30 +38,26 @@ class LRNLayer(Layer):
         if bottoms[0].num_axes != 4:
             raise self.error(f"bottom must be 4-d (N, C, H, W), got shape {bottoms[0].shape}")
         tops[0].reshape(bottoms[0].shape)
-        n, c, h, w = bottoms[0].shape
-        half = (self.size - 1) // 2
-        padded = (n, c + 2 * half, h, w) if self.across else (n, c, h + 2 * half, w + 2 * half)
-        xp = self.xp
-        self._scale = xp.zeros((n, c, h, w), np.float32)
-        self._power = xp.zeros((n, c, h, w), np.float32)
-        if self.across and self.device.is_gpu:
-            return  # the ACROSS_CHANNELS kernels need no work buffers
-        self._work = xp.zeros((n, c, h, w), np.float32)
-        if self.device.is_gpu:
-            return  # WITHIN_CHANNEL window sums are one kernel on the GPU
-        self._padded = xp.zeros(padded, np.float32)
-        self._rows = xp.zeros((n, c, h + 2 * half, w), np.float32) if not self.across else None
+        xp, shape = self.xp, bottoms[0].shape
+        self._scale = xp.zeros(shape, np.float32)
+        self._power = xp.zeros(shape, np.float32)
+        self._work = xp.zeros(shape, np.float32)
+        self._padded = self._rows = None  # CPU-only: see _cpu_buffers
 
-    def _window_sum(self, values, out) -> None:
+    def _cpu_buffers(self):
+        """The CPU window sums' zero-padded copies, made on first use after a reshape."""
+        if self._padded is None:
+            n, c, h, w = self._scale.shape
+            half = (self.size - 1) // 2
+            self._padded = np.zeros((n, c + 2 * half, h, w) if self.across else (n, c, h + 2 * half, w + 2 * half),
+                                    np.float32)
+            self._rows = None if self.across else np.zeros((n, c, h + 2 * half, w), np.float32)
+        return self._padded, self._rows
+
+    def _window_sum_cpu(self, values, out) -> None:
         """out = sum of ``values`` over the zero-padded LRN window (channels or n×n pixels)."""
-        if self.device.is_gpu:  # WITHIN_CHANNEL only: ACROSS_CHANNELS has kernels of its own
-            from .kernels import i32, launch
-            height, width = values.shape[2:]
-            launch("dl_lrn_window_sum", values.size, values, out, np.int64(values.size), i32(height), i32(width),
-                   i32(self.size))
-            return
         half, size = (self.size - 1) // 2, self.size
-        padded = self._padded
+        padded, rows = self._cpu_buffers()
         if self.across:
             channels = values.shape[1]
             padded[:, half:half + channels] = values
@@ -70,7 +67,6 @@ class LRNLayer(Layer):
         else:
             height, width = values.shape[2:]
             padded[:, :, half:half + height, half:half + width] = values
-            rows = self._rows
             rows[...] = 0
             for j in range(size):
                 rows += padded[:, :, :, j:j + width]
@@ -78,34 +74,46 @@ class LRNLayer(Layer):
             for i in range(size):
                 out += rows[:, :, i:i + height]
 
-    def _fill_scale(self, x) -> None:
+    def _window_sum_gpu(self, values, out) -> None:
+        """WITHIN_CHANNEL's window sum as one kernel (ACROSS_CHANNELS has kernels for the whole layer)."""
+        height, width = values.shape[2:]
+        launch("dl_lrn_window_sum", values.size, values, out, np.int64(values.size), i32(height), i32(width),
+               i32(self.size))
+
+    def _fill_scale(self, x, window_sum) -> None:
         self.xp.multiply(x, x, out=self._work)
-        self._window_sum(self._work, self._scale)
+        window_sum(self._work, self._scale)
         self._scale *= self.scale_alpha
         self._scale += self.k if self.across else 1.0
         self.xp.power(self._scale, -self.beta, out=self._power)
 
-    def forward_cpu(self, bottoms, tops):
-        self._fill_scale(bottoms[0].data)
+    # One body for both devices, given the window sum; ACROSS_CHANNELS on the GPU has its own kernels.
+    def _forward(self, bottoms, tops, window_sum):
+        self._fill_scale(bottoms[0].data, window_sum)
         self.xp.multiply(bottoms[0].data, self._power, out=tops[0].data)
 
-    def backward_cpu(self, tops, propagate_down, bottoms):
+    def _backward(self, tops, propagate_down, bottoms, window_sum):
         if not propagate_down[0]:
             return
         x, y, dy = bottoms[0].data, tops[0].data, tops[0].diff
         accum, work = bottoms[0].diff, self._work
         self.xp.multiply(dy, y, out=work)
         work /= self._scale
-        self._window_sum(work, accum)
+        window_sum(work, accum)
         accum *= x
         accum *= -2.0 * self.scale_alpha * self.beta
         self.xp.multiply(dy, self._power, out=work)
         accum += work
 
+    def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops, self._window_sum_cpu)
+
+    def backward_cpu(self, tops, propagate_down, bottoms):
+        self._backward(tops, propagate_down, bottoms, self._window_sum_cpu)
+
     def forward_gpu(self, bottoms, tops):
-        if not self.across:  # WITHIN_CHANNEL: the code above, its window sums one kernel
-            return self.forward_cpu(bottoms, tops)
-        from .kernels import launch
+        if not self.across:  # WITHIN_CHANNEL: the body above, its window sums one kernel
+            return self._forward(bottoms, tops, self._window_sum_gpu)
         x = bottoms[0].data
         _, c, h, w = x.shape
         size = x.size
@@ -115,10 +123,9 @@ class LRNLayer(Layer):
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not self.across:
-            return self.backward_cpu(tops, propagate_down, bottoms)
+            return self._backward(tops, propagate_down, bottoms, self._window_sum_gpu)
         if not propagate_down[0]:
             return
-        from .kernels import launch
         x = bottoms[0].data
         _, c, h, w = x.shape
         launch("dl_lrn_backward", x.size, x, tops[0].data, self._scale, tops[0].diff, bottoms[0].diff,

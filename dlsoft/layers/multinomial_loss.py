@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .loss import LOG_THRESHOLD, LossLayer
+from .loss import LOG_THRESHOLD, LossLayer, read_labels
 from .registry import register
 
 
@@ -31,8 +31,14 @@ class MultinomialLogisticLossLayer(LossLayer):
         self.picked = xp.empty(self.num, dtype=np.float32)
 
     def forward_cpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=True)
+
+    def forward_gpu(self, bottoms, tops):
+        self._forward(bottoms, tops, check_labels=False)  # a range check would wait for the GPU
+
+    def _forward(self, bottoms, tops, check_labels: bool):
         xp, p = self.xp, self.picked
-        self.read_labels(bottoms[1].data, self.labels, self.num, self.dim)
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check_labels)
         xp.add(self.rows, self.labels, out=self.pick)
         xp.take(bottoms[0].data.reshape(-1), self.pick, out=p)
         xp.maximum(p, LOG_THRESHOLD, out=p)

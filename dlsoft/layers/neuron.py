@@ -52,7 +52,7 @@ class NeuronLayer(Layer):
     backward_kernel: ClassVar[KernelSpec | None] = None
 
     saved_input = None
-    work = None
+    _work = _work2 = None
 
     def reshape(self, bottoms, tops):
         shape = bottoms[0].shape
@@ -60,8 +60,21 @@ class NeuronLayer(Layer):
             tops[0].reshape(shape)
         keep = self.backward_needs_input and tops[0] is bottoms[0]
         self.saved_input = self._buffer(self.saved_input, shape) if keep else None
-        # CPU expressions need scratch space; the GPU kernels do not.
-        self.work = None if self.device.is_gpu else self._buffer(self.work, shape)
+        self._shape = shape
+
+    # Scratch for the array-module expressions (the CPU path, and PReLU's slope gradient),
+    # made on first use after a reshape: the GPU kernels need none.
+    @property
+    def work(self):
+        """Scratch of the bottom's shape."""
+        self._work = self._buffer(self._work, self._shape)
+        return self._work
+
+    @property
+    def work2(self):
+        """A second scratch of the bottom's shape (Swish's gradient)."""
+        self._work2 = self._buffer(self._work2, self._shape)
+        return self._work2
 
     def _buffer(self, old, shape, dtype=np.float32):
         if old is not None and old.shape == shape and old.dtype == dtype:
@@ -175,7 +188,7 @@ class PReLULayer(NeuronLayer):
         self.shared = bool(p.channel_shared)
         self.channels = bottoms[0].shape[1]
         if not self.blobs:
-            slope = self.make_blob(() if self.shared else (self.channels,), f"{self.name}.slope")
+            slope = self.make_blob(() if self.shared else (self.channels,), "slope")
             if p.HasField("filler"):
                 fill(slope, p.filler)
             else:
@@ -190,8 +203,6 @@ class PReLULayer(NeuronLayer):
             raise self.error(f"bottom shape {bottoms[0].shape} does not have the {self.channels} channels "
                              "the layer was set up for")
         super().reshape(bottoms, tops)
-        if self.device.is_gpu:  # the slope gradient's per-element terms
-            self.work = self._buffer(self.work, bottoms[0].shape)
         shape = bottoms[0].shape
         self.shape3 = (shape[0], shape[1], bottoms[0].count_from(2))
 
@@ -532,7 +543,6 @@ class SwishLayer(NeuronLayer):
     def reshape(self, bottoms, tops):
         super().reshape(bottoms, tops)
         self.sig = self._buffer(getattr(self, "sig", None), bottoms[0].shape)
-        self.work2 = None if self.device.is_gpu else self._buffer(getattr(self, "work2", None), bottoms[0].shape)
 
     def scalars(self):
         return {"beta": self.beta}

@@ -55,6 +55,9 @@ class SoftmaxLayer(Layer):
         xp.subtract(dy, self.column, out=dx)
         dx *= y
 
+    def forward_gpu(self, bottoms, tops):
+        softmax_kernel(self.view3(bottoms[0].data), self.view3(tops[0].data))
+
     def backward_gpu(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
             outer, dim, inner = self.outer, self.dim, self.inner
@@ -65,16 +68,18 @@ class SoftmaxLayer(Layer):
 def softmax(xp, x3, y3, column) -> None:
     """``y = exp(x - max) / Σ exp(x - max)`` over axis 1 of (outer, dim, inner) arrays.
 
-    ``column`` is an (outer, 1, inner) work buffer; ``y3`` may be ``x3`` (in place). On
-    a GPU one fused kernel does it, one thread per (outer, inner) column.
+    ``column`` is an (outer, 1, inner) work buffer; ``y3`` may be ``x3`` (in place).
+    Written against ``xp`` (numpy or cupy); GPU paths use :func:`softmax_kernel` instead.
     """
-    if xp is np:
-        xp.amax(x3, axis=1, keepdims=True, out=column)
-        xp.subtract(x3, column, out=y3)
-        xp.exp(y3, out=y3)
-        xp.sum(y3, axis=1, keepdims=True, out=column)
-        y3 /= column
-        return
+    xp.amax(x3, axis=1, keepdims=True, out=column)
+    xp.subtract(x3, column, out=y3)
+    xp.exp(y3, out=y3)
+    xp.sum(y3, axis=1, keepdims=True, out=column)
+    y3 /= column
+
+
+def softmax_kernel(x3, y3) -> None:
+    """:func:`softmax` as one fused CUDA kernel, one thread per (outer, inner) column."""
     outer, dim, inner = x3.shape
     kernels.launch("dl_softmax_forward", outer * inner, x3, y3,
                    np.int64(outer * inner), np.int32(dim), np.int32(inner))
@@ -108,9 +113,9 @@ class BatchNormLayer(Layer):
         self.eps = float(p.eps)
         self.channels = 1 if bottoms[0].num_axes == 1 else bottoms[0].shape[1]
         if not self.blobs:
-            self.blobs = [self.make_blob((self.channels,), f"{self.name}.mean"),
-                          self.make_blob((self.channels,), f"{self.name}.variance"),
-                          self.make_blob((1,), f"{self.name}.scale_factor")]
+            self.blobs = [self.make_blob((self.channels,), "mean"),
+                          self.make_blob((self.channels,), "variance"),
+                          self.make_blob((1,), "scale_factor")]
         # Caffe masks the statistics from the solver: lr_mult 0 for each blob (the net
         # reads these specs after setup); a non-zero lr_mult given by the user is an error.
         specs = self.param.param

@@ -17,7 +17,7 @@ class ParameterLayer(Layer):
 
     def setup(self, bottoms, tops):
         if not self.blobs:
-            self.blobs = [self.make_blob(tuple(self.param.parameter_param.shape.dim), f"{self.name}.param")]
+            self.blobs = [self.make_blob(tuple(self.param.parameter_param.shape.dim), "param")]
 
     def reshape(self, bottoms, tops):
         tops[0].reshape(self.blobs[0].shape)

@@ -8,7 +8,9 @@ import math
 
 import numpy as np
 
+from ..protos import caffe_pb2
 from .base import Layer
+from .kernels import i32, launch
 from .registry import register
 
 
@@ -20,6 +22,9 @@ def pooled_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool =
     if pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
+
+
+MAX = caffe_pb2.PoolingParameter.MAX
 
 
 @register
@@ -87,28 +92,42 @@ class PoolingLayer(Layer):
                          zip((height, width), self.kernel, self.pad, self.stride))
         for top in tops:
             top.reshape(n, c, *self.out)
+        self._shape = bottoms[0].shape
         xp = self.xp
         (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.kernel, self.pad, self.stride, self.out
         # Window sizes clipped to the padded input, per axis: AVE's divisor.
         counts = [np.minimum(np.arange(o) * s - p + k, size + p) - (np.arange(o) * s - p)
                   for o, s, p, k, size in zip(self.out, self.stride, self.pad, self.kernel, (height, width))]
         self._divisor = xp.asarray(np.outer(*counts).astype(np.float32))
-        if self.device.is_gpu:
-            self._mask = xp.empty((n, c, oh, ow), np.float32) if self.method == 0 else None
-            return
         # Windows that all lie inside the input are read (and written back) in place.
         self._direct = (ph, pw) == (0, 0) and (oh - 1) * sh + kh <= height and (ow - 1) * sw + kw <= width
         self._disjoint = sh >= kh and sw >= kw
         self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
+        self._padded = self._mask = None  # one path's work buffers: see _cpu_buffers, _gpu_mask
+
+    def _cpu_buffers(self) -> None:
+        """The CPU path's work buffers, made on first use after a reshape."""
+        if self._padded is not None:
+            return
+        n, c, height, width = self._shape
+        (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.kernel, self.pad, self.stride, self.out
         # Padded work buffers cover every window, including those ceil rounding adds.
         padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
-        self._padded = np.full(padded, -np.inf if self.method == 0 else 0, np.float32)
+        self._padded = np.full(padded, -np.inf if self.method == MAX else 0, np.float32)
         self._padded_diff = np.zeros(padded, np.float32)
         self._argmax = np.zeros((n, c, oh, ow), np.int32)  # offset i*kw + j in the window
         self._hit = np.zeros((n, c, oh, ow), bool)
         self._scratch = np.zeros((n, c, oh, ow), np.float32)
         oy, ox = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
         self._window_origin = (oy[:, None] * width + ox[None, :]).astype(np.float32)
+
+    def _gpu_mask(self, tops):
+        """Where the MAX kernels keep each window's argmax: the second top, else a buffer of ours."""
+        if len(tops) > 1:
+            return tops[1].data
+        if self._mask is None:
+            self._mask = self.xp.empty(tops[0].shape, np.float32)
+        return self._mask
 
     def _window(self, array, i, j):
         (sh, sw), (oh, ow) = self.stride, self.out
@@ -119,6 +138,7 @@ class PoolingLayer(Layer):
         return ((i * kw + j, i, j) for i in range(kh) for j in range(kw))
 
     def forward_cpu(self, bottoms, tops):
+        self._cpu_buffers()
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
         if self._direct:  # every window lies inside the input: read it in place
             source = bottoms[0].data
@@ -126,7 +146,7 @@ class PoolingLayer(Layer):
             source = self._padded
             source[:, :, ph:ph + height, pw:pw + width] = bottoms[0].data
         top = tops[0].data
-        if self.method == 0:
+        if self.method == MAX:
             for offset, i, j in self._offsets():
                 window = self._window(source, i, j)
                 if offset == 0:
@@ -149,6 +169,7 @@ class PoolingLayer(Layer):
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
+        self._cpu_buffers()
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
         dy = tops[0].diff
         if self._direct and self._disjoint:
@@ -156,7 +177,7 @@ class PoolingLayer(Layer):
             dx = bottoms[0].diff
             if not self._covering:
                 dx.fill(0)
-            if self.method == 0:
+            if self.method == MAX:
                 for offset, i, j in self._offsets():
                     np.equal(self._argmax, offset, out=self._hit)
                     np.multiply(dy, self._hit, out=self._window(dx, i, j))
@@ -166,7 +187,7 @@ class PoolingLayer(Layer):
             return
         diff = self._padded_diff
         diff[...] = 0
-        if self.method == 0:
+        if self.method == MAX:
             for offset, i, j in self._offsets():
                 np.equal(self._argmax, offset, out=self._hit)
                 np.multiply(dy, self._hit, out=self._scratch)
@@ -178,26 +199,22 @@ class PoolingLayer(Layer):
         bottoms[0].diff[...] = diff[:, :, ph:ph + height, pw:pw + width]
 
     def _kernel_args(self, bottom):
-        from .kernels import i32
         height, width = bottom.shape[2:]
         return tuple(map(i32, (height, width, *self.out, *self.kernel, *self.stride, *self.pad)))
 
     def forward_gpu(self, bottoms, tops):
-        from .kernels import launch
         top, args = tops[0].data, self._kernel_args(bottoms[0])
-        if self.method == 0:
-            mask = tops[1].data if len(tops) > 1 else self._mask
-            launch("dl_max_pool_forward", top.size, bottoms[0].data, top, mask, np.int64(top.size), *args)
+        if self.method == MAX:
+            launch("dl_max_pool_forward", top.size, bottoms[0].data, top, self._gpu_mask(tops),
+                   np.int64(top.size), *args)
         else:
             launch("dl_ave_pool_forward", top.size, bottoms[0].data, top, np.int64(top.size), *args)
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
-        from .kernels import launch
         dx, args = bottoms[0].diff, self._kernel_args(bottoms[0])
-        if self.method == 0:
-            mask = tops[1].data if len(tops) > 1 else self._mask
-            launch("dl_max_pool_backward", dx.size, tops[0].diff, mask, dx, np.int64(dx.size), *args)
+        if self.method == MAX:
+            launch("dl_max_pool_backward", dx.size, tops[0].diff, self._gpu_mask(tops), dx, np.int64(dx.size), *args)
         else:
             launch("dl_ave_pool_backward", dx.size, tops[0].diff, dx, np.int64(dx.size), *args)

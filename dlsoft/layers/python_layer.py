@@ -43,7 +43,7 @@ class BlobList(list):
         self._name = name
 
     def add_blob(self, *shape) -> Blob:
-        blob = Blob(shape, self._device, name=f"{self._name}[{len(self)}]")
+        blob = Blob(shape, self._device, name=f"{self._name}.{len(self)}")
         self.append(blob)
         return blob
 

@@ -98,8 +98,8 @@ class _RecurrentLayer(Layer):
         self.param_propagate_down = [True] * len(self.blobs)
         self._carried = None  # the state carried between calls when not expose_hidden
 
-    def _new_param(self, shape, filler):
-        blob = self.make_blob(shape)
+    def _new_param(self, role, shape, filler):
+        blob = self.make_blob(shape, role)
         fill(blob, filler)
         self.blobs.append(blob)
         return blob
@@ -200,11 +200,12 @@ class LSTMLayer(_RecurrentLayer):
 
     def _make_blobs(self, p):
         h4 = 4 * self.hidden
-        self._new_param((h4, self.input_dim), p.weight_filler)
-        self._new_param((h4,), p.bias_filler)
+        # Caffe's names for them (the ParamSpec names of its unrolled net).
+        self._new_param("W_xc", (h4, self.input_dim), p.weight_filler)
+        self._new_param("b_c", (h4,), p.bias_filler)
         if self.static_input:
-            self._new_param((h4, self.static_dim), p.weight_filler)
-        self._new_param((h4, self.hidden), p.weight_filler)
+            self._new_param("W_xc_static", (h4, self.static_dim), p.weight_filler)
+        self._new_param("W_hc", (h4, self.hidden), p.weight_filler)
 
     def _resize_buffers(self, xp):
         T, N, H = self.T, self.N, self.hidden
@@ -269,13 +270,14 @@ class RNNLayer(_RecurrentLayer):
 
     def _make_blobs(self, p):
         H = self.hidden
-        self._new_param((H, self.input_dim), p.weight_filler)
-        self._new_param((H,), p.bias_filler)
+        # Caffe's names for them (the ParamSpec names of its unrolled net).
+        self._new_param("W_xh", (H, self.input_dim), p.weight_filler)
+        self._new_param("b_h", (H,), p.bias_filler)
         if self.static_input:
-            self._new_param((H, self.static_dim), p.weight_filler)
-        self._new_param((H, H), p.weight_filler)
-        self._new_param((H, H), p.weight_filler)
-        self._new_param((H,), p.bias_filler)
+            self._new_param("W_xh_static", (H, self.static_dim), p.weight_filler)
+        self._new_param("W_hh", (H, H), p.weight_filler)
+        self._new_param("W_ho", (H, H), p.weight_filler)
+        self._new_param("b_o", (H,), p.bias_filler)
 
     def _resize_buffers(self, xp):
         T, N, H = self.T, self.N, self.hidden

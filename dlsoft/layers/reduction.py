@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..protos import caffe_pb2
 from .base import Layer
 from .helpers import canonical_axis
 from .registry import register
 
-R_SUM, R_ASUM, R_SUMSQ, R_MEAN = 1, 2, 3, 4  # ReductionParameter.ReductionOp
+_Op = caffe_pb2.ReductionParameter
+R_SUM, R_ASUM, R_SUMSQ, R_MEAN = _Op.SUM, _Op.ASUM, _Op.SUMSQ, _Op.MEAN
 
 
 @register

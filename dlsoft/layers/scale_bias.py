@@ -70,7 +70,7 @@ class BiasLayer(_BroadcastLayer):
     def setup(self, bottoms, tops):
         p = self.param.bias_param
         if len(bottoms) == 1 and not self.blobs:
-            self.blobs = [self.make_blob(_factor_shape(self, bottoms[0], p.axis, p.num_axes), f"{self.name}.bias")]
+            self.blobs = [self.make_blob(_factor_shape(self, bottoms[0], p.axis, p.num_axes), "bias")]
             fill(self.blobs[0], p.filler)
 
     def forward_cpu(self, bottoms, tops):
@@ -106,13 +106,13 @@ class ScaleLayer(_BroadcastLayer):
         p = self.param.scale_param
         if not self.blobs:
             if len(bottoms) == 1:
-                scale = self.make_blob(_factor_shape(self, bottoms[0], p.axis, p.num_axes), f"{self.name}.scale")
+                scale = self.make_blob(_factor_shape(self, bottoms[0], p.axis, p.num_axes), "scale")
                 filler = p.filler if p.HasField("filler") else type(p.filler)(type="constant", value=1.0)
                 fill(scale, filler)
                 self.blobs.append(scale)
             if p.bias_term:
                 shape = bottoms[1].shape if len(bottoms) > 1 else self.blobs[0].shape
-                self.blobs.append(self.make_blob(shape, f"{self.name}.bias"))
+                self.blobs.append(self.make_blob(shape, "bias"))
                 fill(self.blobs[-1], p.bias_filler)
         self.bias_index = len(self.blobs) - 1 if p.bias_term else None
 

@@ -7,8 +7,8 @@ import numpy as np
 
 from . import kernels
 from .helpers import canonical_axis, outer_dim_inner
-from .loss import FLT_MIN, LOG_THRESHOLD, LossLayer, normalization_mode, normalizer
-from .normalization import softmax
+from .loss import FLT_MIN, LOG_THRESHOLD, LossLayer, normalization_mode, normalizer, read_labels
+from .normalization import softmax, softmax_kernel
 from .registry import register
 
 
@@ -35,6 +35,22 @@ class _SoftmaxLabelLoss(LossLayer):
         self.valid = xp.empty((self.outer, 1, self.inner), dtype=np.float32)
         if len(tops) > 1:
             tops[1].reshape(bottoms[0].shape)
+
+    def forward_cpu(self, bottoms, tops):
+        softmax(self.xp, self.view3(bottoms[0].data), self.prob, self.column)
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check=True)
+        self.compute_valid()
+        self.forward_loss(bottoms, tops)
+
+    def forward_gpu(self, bottoms, tops):
+        softmax_kernel(self.view3(bottoms[0].data), self.prob)
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check=False)  # checking would wait
+        self.compute_valid()
+        self.forward_loss(bottoms, tops)
+
+    def forward_loss(self, bottoms, tops) -> None:
+        """The loss from ``self.prob``, ``self.labels`` and ``self.valid`` (set by forward)."""
+        raise NotImplementedError
 
     def view3(self, array):
         return array.reshape(self.outer, self.dim, self.inner)
@@ -85,11 +101,8 @@ class SoftmaxWithLossLayer(_SoftmaxLabelLoss):
         self.base = xp.asarray((o * self.dim * self.inner + s).astype(np.int64))
         self.pick = xp.empty((self.outer, self.inner), dtype=np.int64)
 
-    def forward_cpu(self, bottoms, tops):
+    def forward_loss(self, bottoms, tops):
         xp = self.xp
-        softmax(xp, self.view3(bottoms[0].data), self.prob, self.column)
-        self.read_labels(bottoms[1].data, self.labels, bottoms[1].count, self.dim)
-        self.compute_valid()
         xp.multiply(self.labels, self.inner, out=self.pick)
         self.pick += self.base
         p = self.loss_terms.reshape(self.outer, self.inner)
@@ -112,8 +125,7 @@ class SoftmaxWithLossLayer(_SoftmaxLabelLoss):
         dx *= self.scale
 
     def forward_gpu(self, bottoms, tops):
-        xp = self.xp
-        softmax(xp, self.view3(bottoms[0].data), self.prob, self.column)
+        softmax_kernel(self.view3(bottoms[0].data), self.prob)
         kernels.launch("dl_softmax_loss_forward", self.outer * self.inner, self.prob, bottoms[1].data,
                self.loss_terms, self.counts, *self._shape_args())
         self.write_loss(tops, self.loss_terms.sum(), self.counts.sum())
@@ -175,11 +187,8 @@ class InfogainLossLayer(_SoftmaxLabelLoss):
         self.log_prob = self.xp.empty_like(self.prob)
         self.h_rows = self.xp.empty((self.outer, self.inner, self.dim), dtype=np.float32)
 
-    def forward_cpu(self, bottoms, tops):
+    def forward_loss(self, bottoms, tops):
         xp = self.xp
-        softmax(xp, self.view3(bottoms[0].data), self.prob, self.column)
-        self.read_labels(bottoms[1].data, self.labels, bottoms[1].count, self.dim)
-        self.compute_valid()
         xp.take(self.matrix(bottoms), self.labels, axis=0, out=self.h_rows)
         xp.maximum(self.prob, LOG_THRESHOLD, out=self.log_prob)
         xp.log(self.log_prob, out=self.log_prob)

@@ -19,7 +19,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import DlsoftError
-from .entry import (CAFFE_README, KINDS, NAME_RE, ZOO_FILE, Entry, KIND_ALIASES, atomic_write_text,
+from ..fileio import atomic_write_text
+from ..zoo_ref import is_zoo_ref, parse_zoo_ref
+from .entry import (CAFFE_README, KINDS, NAME_RE, ZOO_FILE, Entry, KIND_ALIASES,
                     checksum_of, dump_yaml, file_digest)
 from .fetch import Progress, cache_dir, download, join_location
 from .index import add_index, added_indexes, config_file, index_cache_dir, index_entries, remove_index
@@ -28,7 +30,6 @@ from .publish import publish
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "entries"
-PREFIX = "zoo:"
 
 __all__ = ["Entry", "list_entries", "get_entry", "resolve", "load", "copy_entry", "fetch", "publish",
            "add_index", "remove_index", "added_indexes", "is_downloaded", "local_path", "cache_dir",
@@ -64,7 +65,7 @@ def list_entries() -> list[Entry]:
 
 def get_entry(name: str) -> Entry:
     """The entry called ``name`` (``zoo:`` prefix allowed), or a folder path holding an entry."""
-    name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    name = parse_zoo_ref(name)[0] if is_zoo_ref(name) else name
     if "/" in name or not NAME_RE.match(name):
         if Path(name).is_dir():
             return Entry.from_folder(Path(name))
@@ -182,11 +183,12 @@ def resolve(ref, kind: str = "model", *, download_missing: bool | None = None,
     downloaded only because the reference asks for them (``kind="weights"`` or
     ``zoo:NAME/weights``); ``download_missing=False`` refuses any download instead.
     """
-    if not isinstance(ref, str) or not ref.startswith(PREFIX):
+    parsed = parse_zoo_ref(ref)
+    if parsed is None:
         return ref
     if KIND_ALIASES.get(kind, kind) not in KINDS:
         raise DlsoftError(f"unknown zoo file kind '{kind}' (expected model, {', '.join(KINDS)})")
-    name, _, file_key = ref[len(PREFIX):].partition("/")
+    name, file_key = parsed
     entry = get_entry(name)
     download_missing = True if download_missing is None else download_missing
     return local_path(entry, file_key or kind, download_missing=download_missing, progress=progress,

@@ -24,15 +24,13 @@ A folder holding Caffe's ``readme.md`` with YAML front matter (``name``, ``caffe
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from ..errors import DlsoftError
+from ..errors import DlsoftError, one_line
 
 ZOO_FILE = "zoo.yaml"
 CAFFE_README = "readme.md"
@@ -168,7 +166,7 @@ def meta_from_caffe_readme(path: Path) -> dict:
     try:
         front = yaml.safe_load(match.group(1)) or {}
     except yaml.YAMLError as exc:
-        raise DlsoftError(f"front matter is not valid YAML: {_one_line(exc)}", path=str(path)) from None
+        raise DlsoftError(f"front matter is not valid YAML: {one_line(exc)}", path=str(path)) from None
     if not isinstance(front, dict):
         raise DlsoftError("front matter must be a mapping", path=str(path))
     body = match.group(2).strip()
@@ -200,7 +198,7 @@ def load_yaml(path: Path):
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise DlsoftError(f"not valid YAML: {_one_line(exc)}", path=str(path),
+        raise DlsoftError(f"not valid YAML: {one_line(exc)}", path=str(path),
                           line=None if mark is None else mark.line + 1) from None
     except OSError as exc:
         raise DlsoftError(f"cannot read: {exc.strerror}", path=str(path)) from None
@@ -208,20 +206,6 @@ def load_yaml(path: Path):
 
 def dump_yaml(data) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -245,7 +229,3 @@ def checksum_of(record: dict) -> tuple[str, str] | None:
 
 def _url_basename(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())

@@ -27,7 +27,8 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DlsoftError
-from .entry import NAME_RE, Entry, atomic_write_text, dump_yaml, load_yaml
+from ..fileio import atomic_write_text
+from .entry import NAME_RE, Entry, dump_yaml, load_yaml
 from .fetch import cache_dir, download, is_url
 
 log = logging.getLogger(__name__)

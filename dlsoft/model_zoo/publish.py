@@ -14,14 +14,18 @@ import os
 from pathlib import Path
 
 from ..errors import DlsoftError
-from .entry import DEFAULT_FILES, NAME_RE, ZOO_FILE, Entry, atomic_write_text, dump_yaml, file_digest
+from ..fileio import atomic_write_text
+from .entry import DEFAULT_FILES, NAME_RE, ZOO_FILE, Entry, dump_yaml, file_digest
 from .index import INDEX_FILE, upsert_index_record
 
 WEIGHT_SUFFIXES = (".caffemodel", ".h5")
 
 
-def publish(entry_dir: str | Path, index: str | Path | None = None) -> Entry:
+def publish(entry_dir: str | Path, index: str | Path | None = None, onnx: bool = False) -> Entry:
     """Validate ``entry_dir``, write its zoo.yaml with checksums, and add it to ``index``.
+
+    ``onnx``: also export the deploy net with its weights to ``<weights stem>.onnx`` beside
+    the weights, recorded (and checksummed) as the entry's ``onnx`` file.
 
     Returns the published Entry. Raises DlsoftError naming what is missing or wrong.
     """
@@ -65,6 +69,14 @@ def publish(entry_dir: str | Path, index: str | Path | None = None) -> Entry:
             weights=str(folder / files["weights"]["path"])).close()
     except DlsoftError as exc:
         raise DlsoftError(f"the weights do not load into the deploy net: {exc}", path=str(folder)) from None
+    if onnx:
+        from ..onnx import export_files
+        onnx_path = (folder / files["weights"]["path"]).with_suffix(".onnx")
+        try:
+            export_files(folder / files["deploy"]["path"], folder / files["weights"]["path"], onnx_path)
+        except DlsoftError as exc:
+            raise DlsoftError(f"--onnx: {exc.detail}", path=str(folder)) from None
+        files["onnx"] = {"path": onnx_path.relative_to(folder).as_posix()}
 
     metrics = draft.metrics
     if not metrics or not all(isinstance(m, dict) and m.get("name") and isinstance(m.get("value"), numbers.Number)

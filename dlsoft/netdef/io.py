@@ -28,8 +28,8 @@ from google.protobuf.message import Message
 
 from dlsoft.errors import ParseError
 from dlsoft.fileio import (  # noqa: F401 - re-exported: part of this module's API
-    _parse_binary, _read_bytes, array_to_blob_proto, atomic_write_bytes, blob_proto_to_array, read_blob,
-    write_blob)
+    _parse_binary, _read_bytes, array_to_blob_proto, atomic_write_bytes, atomic_write_text, blob_proto_to_array,
+    hdf5_bytes, read_blob, write_blob)
 from dlsoft.netdef import diagnose, forks
 from dlsoft.netdef.upgrade import upgrade_net, upgrade_solver
 from dlsoft.protos import caffe_pb2

@@ -12,12 +12,13 @@ import logging
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..backend import Device, parse_device, to_numpy
 from ..blob import Blob
+from ..data.shard import WHOLE, Shard
 from ..errors import DlsoftError, NetDefinitionError, WeightsError
 from ..layers import Layer, create_layer, layer_class
 from ..protos import caffe_pb2
@@ -31,15 +32,17 @@ PHASE_NAMES = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
 class Net:
     """A network built from a prototxt/YAML file or a NetParameter.
 
-    ``Net(model, phase="TEST", weights=None, stages=(), level=0, device="cpu")``
+    ``Net(model, phase="TEST", weights=None, stages=(), level=0, device="cpu", shard=None)``
 
     Attributes mirror pycaffe: ``blobs`` (name -> Blob), ``params`` (layer name -> list
     of Blobs), ``layers``, ``layer_names``, ``inputs``, ``outputs``. Blob arrays live on
-    the net's device (numpy on the CPU, cupy on a GPU).
+    the net's device (numpy on the CPU, cupy on a GPU). ``shard`` (a
+    :class:`~dlsoft.data.shard.Shard`) makes the data layers read one rank's share.
     """
 
     def __init__(self, model, phase: str = "TRAIN", weights: str | Path | None = None,
-                 stages: Iterable[str] = (), level: int | None = None, device="cpu"):
+                 stages: Iterable[str] = (), level: int | None = None, device="cpu",
+                 shard: Shard | None = None):
         if isinstance(model, (str, Path)):
             self.source: str | None = str(model)
             net_param = io.read_net(model)
@@ -58,6 +61,8 @@ class Net:
         self._inserted_splits = {layer.name for layer in self.net_param.layer} - \
             {layer.name for layer in filtered.layer}
         self.force_backward = net_param.force_backward
+        self.shard: Shard = shard or WHOLE
+        self._after_backward: list[Callable[[int], None]] = []
 
         self.layers: list[Layer] = []
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
@@ -69,6 +74,7 @@ class Net:
         self._loss_tops: list[tuple[Blob, float]] = []
         self._param_owner: dict[str, tuple[int, int]] = {}
         self.learnable_params: list[Blob] = []
+        self._param_layer: list[int] = []
         self.params_lr: list[float] = []
         self.params_weight_decay: list[float] = []
         self._reshaped_for: list[tuple] = []
@@ -110,6 +116,8 @@ class Net:
                 layer = create_layer(layer_param, phase=self.phase, device=self.device)
             except DlsoftError as exc:
                 raise NetDefinitionError(f"layer '{layer_param.name}': {exc.detail}", **self._where(layer_param)) from None
+            if getattr(layer, "shardable", False):
+                layer.shard = self.shard  # before setup: the source is built there
             bottoms = [available[name] for name in layer_param.bottom]
             tops = []
             for name in layer_param.top:
@@ -122,10 +130,9 @@ class Net:
                 blob = Blob((), self.device, name=name)
                 self.blobs[name] = blob
                 tops.append(blob)
-            self._check_counts(layer, layer_param, len(bottoms), tops)
+            self._add_auto_tops(layer, tops)
             try:
-                layer.setup(bottoms, tops)
-                layer.reshape(bottoms, tops)
+                layer.initialize(bottoms, tops)
             except DlsoftError as exc:
                 raise type(exc)(exc.detail if exc.path is None else str(exc), **self._where(layer_param)) from None
             for name in layer_param.bottom:
@@ -149,36 +156,18 @@ class Net:
         self.params: "OrderedDict[str, list[Blob]]" = OrderedDict(
             (layer.name, layer.blobs) for layer in self.layers if layer.blobs)
 
-    def _check_counts(self, layer: Layer, layer_param, n_bottoms: int, tops: list[Blob]) -> None:
-        def bad(what: str) -> NetDefinitionError:
-            return NetDefinitionError(f"layer '{layer.name}' (type {layer.type}): {what}", **self._where(layer_param))
-
-        if layer.exact_num_bottoms >= 0 and n_bottoms != layer.exact_num_bottoms:
-            raise bad(f"takes {layer.exact_num_bottoms} bottom blob(s), got {n_bottoms}")
-        if layer.min_bottoms >= 0 and n_bottoms < layer.min_bottoms:
-            raise bad(f"takes at least {layer.min_bottoms} bottom blob(s), got {n_bottoms}")
-        if layer.max_bottoms >= 0 and n_bottoms > layer.max_bottoms:
-            raise bad(f"takes at most {layer.max_bottoms} bottom blob(s), got {n_bottoms}")
-        wanted = max(layer.exact_num_tops, layer.min_tops)
-        if layer.auto_top_blobs and len(tops) < wanted:
-            for k in range(len(tops), wanted):  # anonymous tops the layer insists on
-                name = f"({layer.name}:{k})"
-                blob = Blob((), self.device, name=name)
-                self.blobs[name] = blob
-                tops.append(blob)
-        if layer.exact_num_tops >= 0 and len(tops) != layer.exact_num_tops:
-            raise bad(f"produces {layer.exact_num_tops} top blob(s), got {len(tops)}")
-        if layer.min_tops >= 0 and len(tops) < layer.min_tops:
-            raise bad(f"produces at least {layer.min_tops} top blob(s), got {len(tops)}")
-        if layer.max_tops >= 0 and len(tops) > layer.max_tops:
-            raise bad(f"produces at most {layer.max_tops} top blob(s), got {len(tops)}")
-        if layer.equal_num_bottom_top and n_bottoms != len(tops):
-            raise bad(f"needs as many tops as bottoms, got {n_bottoms} and {len(tops)}")
+    def _add_auto_tops(self, layer: Layer, tops: list[Blob]) -> None:
+        """Anonymous tops a layer insists on (``auto_top_blobs``), named ``(layer:k)``."""
+        for k in range(len(tops), len(tops) + layer.num_auto_tops(len(tops))):
+            name = f"({layer.name}:{k})"
+            blob = Blob((), self.device, name=name)
+            self.blobs[name] = blob
+            tops.append(blob)
 
     def _attach_loss_weights(self, layer: Layer, layer_param, tops: list[Blob]) -> None:
         weights = list(layer_param.loss_weight)
-        if not weights and layer.type.endswith("Loss") and tops:
-            weights = [1.0]  # Caffe's LossLayer default: the first top is the loss
+        if not weights and layer.default_loss_weight and tops:
+            weights = [layer.default_loss_weight]  # Caffe's LossLayer default: the first top is the loss
         if len(weights) > len(tops):
             raise NetDefinitionError(f"layer '{layer.name}': {len(weights)} loss_weight values for "
                                      f"{len(tops)} tops", **self._where(layer_param))
@@ -204,6 +193,7 @@ class Net:
                 if spec.name:
                     self._param_owner[spec.name] = (layer_index, i)
                 self.learnable_params.append(blob)
+                self._param_layer.append(layer_index)
                 self.params_lr.append(lr_mult)
                 self.params_weight_decay.append(decay_mult)
                 continue
@@ -347,6 +337,26 @@ class Net:
             for i in range(start, end - 1, -1):
                 if self.layer_need_backward[i]:
                     self.layers[i].backward(self.top_ids[i], self.bottom_need_backward[i], self.bottom_ids[i])
+                for callback in self._after_backward:
+                    callback(i)
+
+    def add_after_backward(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(i)`` after layer ``i``'s backward, for every layer a backward pass visits.
+
+        Caffe's ``Net::add_after_backward``. Layers are visited from the last to the first,
+        skipped ones included, so once ``callback(i)`` runs the parameter gradients of the
+        layers ``i`` and above are final for this pass (data-parallel training starts
+        their allreduce there while backward goes on below).
+        """
+        self._after_backward.append(callback)
+
+    def param_layers(self) -> list[int]:
+        """For each of ``learnable_params``, the index of the layer that owns it.
+
+        The owner is the first layer using the blob (sharing layers come later), so the
+        gradient is complete once backward has passed it.
+        """
+        return list(self._param_layer)
 
     def forward_backward(self) -> float:
         """One forward and backward pass (what the solver runs); returns the loss."""
@@ -444,28 +454,29 @@ class Net:
             return
         io.atomic_write_bytes(path, self.to_proto().SerializeToString())
 
-    def save_hdf5(self, path: str | Path) -> None:
-        """Write the weights in Caffe's HDF5 layout (``data/<layer>/<i>``), atomically."""
-        import os
-        import tempfile
+    def export_onnx(self, path: str | Path, static_batch: bool = False, outputs=None):
+        """Write the net with its current weights as ONNX (needs ``dlsoft[onnx]``); see dlsoft.onnx."""
+        from ..onnx import export_net  # noqa: PLC0415 - optional, heavy
+        return export_net(self, path, static_batch=static_batch, outputs=outputs)
 
-        import h5py  # noqa: PLC0415
-        path = str(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".h5")
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                data = f.create_group("data")
-                for layer in self.layers:
-                    if layer.blobs:
-                        group = data.create_group(layer.name)
-                        for i, blob in enumerate(layer.blobs):
-                            group.create_dataset(str(i), data=to_numpy(blob.data))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def save_hdf5(self, path: str | Path) -> None:
+        """Write the weights in Caffe's HDF5 layout (:meth:`to_hdf5_bytes`), atomically."""
+        io.atomic_write_bytes(str(path), self.to_hdf5_bytes())
+
+    def to_hdf5_bytes(self, write_diff: bool = False) -> bytes:
+        """The weights as Caffe's ``Net::ToHDF5`` writes them: a group ``data/<layer>`` for
+        every layer with datasets ``0, 1, ...`` (and ``diff/<layer>`` with ``write_diff``)."""
+        def fill(f) -> None:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for layer in self.layers:
+                group = data.create_group(layer.name)
+                diff_group = diff.create_group(layer.name) if diff is not None else None
+                for i, blob in enumerate(layer.blobs):
+                    group.create_dataset(str(i), data=to_numpy(blob.data))
+                    if diff_group is not None:
+                        diff_group.create_dataset(str(i), data=to_numpy(blob.diff))
+        return io.hdf5_bytes(fill)
 
     # ------------------------------------------------------------------ inspection
     def param_count(self) -> int:

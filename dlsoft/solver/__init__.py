@@ -5,7 +5,8 @@
 """
 from __future__ import annotations
 
-from .solver import Solver, get_solver, handling_signals
+from .signals import handling_signals
+from .solver import Solver, get_solver
 from .updates import RULES as SOLVERS
 
 __all__ = ["SOLVERS", "Solver", "get_solver", "handling_signals"]

@@ -19,8 +19,8 @@ it refers to are complete, and an interrupted snapshot leaves the previous pair 
 """
 from __future__ import annotations
 
-import io as _io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -30,6 +30,8 @@ from ..backend import to_numpy
 from ..errors import SolverError
 from ..netdef import io
 from ..protos import caffe_pb2
+
+log = logging.getLogger(__name__)
 
 HDF5 = caffe_pb2.SolverParameter.HDF5
 BINARYPROTO = caffe_pb2.SolverParameter.BINARYPROTO
@@ -71,7 +73,7 @@ class SolverStateData:
 def write_model(net, path: str, fmt: int, write_diff: bool = False) -> None:
     """Write the net's learnable blobs as a caffemodel (binary or HDF5), atomically."""
     if fmt == HDF5:
-        io.atomic_write_bytes(path, _hdf5_bytes(lambda f: _fill_model_hdf5(f, net, write_diff)))
+        io.atomic_write_bytes(path, net.to_hdf5_bytes(write_diff))
     else:
         io.atomic_write_bytes(path, net.to_proto(write_diff=write_diff).SerializeToString())
 
@@ -79,7 +81,7 @@ def write_model(net, path: str, fmt: int, write_diff: bool = False) -> None:
 def write_state(path: str, fmt: int, state: SolverStateData) -> None:
     """Write a solverstate (binary SolverState or Caffe's HDF5 layout), atomically."""
     if fmt == HDF5:
-        io.atomic_write_bytes(path, _hdf5_bytes(lambda f: _fill_state_hdf5(f, state)))
+        io.atomic_write_bytes(path, io.hdf5_bytes(lambda f: _fill_state_hdf5(f, state)))
         return
     proto = caffe_pb2.SolverState(iter=state.iter, learned_net=state.learned_net,
                                   current_step=state.current_step)
@@ -90,27 +92,6 @@ def write_state(path: str, fmt: int, state: SolverStateData) -> None:
 
 def write_sidecar(path: str, content: dict) -> None:
     io.atomic_write_bytes(path, json.dumps(content, sort_keys=True).encode("utf-8"))
-
-
-def _hdf5_bytes(fill) -> bytes:
-    import h5py
-
-    buffer = _io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        fill(f)
-    return buffer.getvalue()
-
-
-def _fill_model_hdf5(f, net, write_diff: bool) -> None:
-    data = f.create_group("data")
-    diff = f.create_group("diff") if write_diff else None
-    for layer in net.layers:
-        group = data.create_group(layer.name)
-        diff_group = diff.create_group(layer.name) if diff is not None else None
-        for i, blob in enumerate(layer.blobs):
-            group.create_dataset(str(i), data=to_numpy(blob.data))
-            if diff_group is not None:
-                diff_group.create_dataset(str(i), data=to_numpy(blob.diff))
 
 
 def _fill_state_hdf5(f, state: SolverStateData) -> None:
@@ -149,6 +130,57 @@ def _read_state_hdf5(path: str) -> SolverStateData:
                 history=[np.asarray(history[str(i)], dtype=np.float32) for i in range(len(history))])
     except (OSError, KeyError) as exc:
         raise SolverError(f"not a readable HDF5 solver state ({exc})", path=path) from None
+
+
+def global_batch(net, ranks: int) -> int | None:
+    """Records one train forward reads over all ranks (the first sharded data layer's batch × ranks)."""
+    for layer, tops in zip(net.layers, net.top_ids):
+        if getattr(layer, "shardable", False) and tops and tops[0].shape:
+            return int(tops[0].shape[0]) * ranks
+    return None
+
+
+def data_position(forwards: list[int], ranks: int, records_per_batch: int | None) -> dict:
+    """The sidecar's data position: batches each net's data layers delivered, and training records.
+
+    In data-parallel training each train forward reads one global batch (every rank's
+    chunk), so the count is in global batches and resumes on any number of ranks; the
+    records let a run with another global batch size find its place.
+    """
+    position = {"batches": {"train": forwards[0], "test": forwards[1:]}, "ranks": ranks}
+    if records_per_batch:
+        position["train_records"] = forwards[0] * records_per_batch
+    return position
+
+
+def train_batches(sidecar: dict, records_per_batch: int | None) -> int:
+    """Train batches to skip on resume: the sidecar's count, or its records when the global batch changed."""
+    batches = int(sidecar.get("batches", {}).get("train", 0))
+    records = sidecar.get("train_records")
+    if records is None or not records_per_batch or records == batches * records_per_batch:
+        return batches
+    if records % records_per_batch:
+        log.warning("the snapshot read %d training records, not a whole number of this run's global batches "
+                    "of %d: the data position is rounded down", records, records_per_batch)
+    return records // records_per_batch
+
+
+def fast_forward(net, index: int, done: int, target: int) -> None:
+    """Advance ``net``'s data layers from ``done`` to ``target`` batches delivered (reading and dropping)."""
+    if target < done:
+        log.warning("net #%d already read %d batches, the snapshot %d: data order not restored", index, done, target)
+        return
+    layers = [(layer, tops) for layer, tops in zip(net.layers, net.top_ids)
+              if getattr(layer, "prefetcher", None) is not None]
+    if layers and target > done:
+        log.info("Restoring the data position of net #%d: skipping %d batches", index, target - done)
+    for layer, tops in layers:
+        skip = getattr(layer, "skip_batches", None)
+        if skip is not None:
+            skip(target - done)
+        else:
+            for _ in range(target - done):
+                layer.forward([], tops)
 
 
 def read_sidecar(path: str) -> dict | None:

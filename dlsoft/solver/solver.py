@@ -15,10 +15,15 @@ Per iteration, as ``Solver::Step`` and ``SGDSolver::ApplyUpdate``:
 
 The solver only runs ``forward_backward``: it never writes input blobs, so a user may
 fill ``solver.net.blobs["data"].data`` by hand before each ``step(1)``, as with pycaffe.
+
+Data-parallel training (:mod:`dlsoft.distributed`) plugs in with ``shard`` (this rank's
+share of the train data; only rank 0, the root solver, tests, logs and snapshots) and
+:meth:`Solver.add_callback` (Caffe's ``Solver::Callback``): ``on_start(solver)`` at each
+``step``, ``on_gradients_ready(solver, loss) -> loss`` after each iteration's passes, before
+the update (average the diffs in place, return the agreed loss, or raise ``StopNow``).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -32,6 +37,7 @@ import numpy as np
 
 from .. import random as dl_random
 from ..backend import parse_device, to_numpy
+from ..data.shard import Shard
 from ..errors import SolverError
 from ..netdef import io
 from ..netdef.net import Net
@@ -39,7 +45,7 @@ from ..protos import caffe_pb2
 from . import snapshot as snap
 from .lr_policy import POLICIES, LearningRate
 from .progress import Progress, fmt
-from .signals import NONE, SNAPSHOT, STOP, SignalHandler, check_effect
+from .signals import NONE, SNAPSHOT, STOP, SignalHandler, StopNow, check_effect
 from .updates import RULES
 
 log = logging.getLogger(__name__)
@@ -52,18 +58,19 @@ class Solver:
     """Trains a net as Caffe's solver does; pycaffe's attributes and methods.
 
     ``Solver(param, device="cpu", weights=None, metrics=None, progress_bar=None,
-    sigint_effect="stop", sighup_effect="snapshot")``: ``param`` is a solver file
+    sigint_effect="stop", sighup_effect="snapshot", shard=None)``: ``param`` is a solver file
     (prototxt/YAML) or a SolverParameter. ``weights`` (a path, comma-separated paths or
     a list) are caffemodels to fine-tune from, added to the file's ``weights``. ``metrics``
     is the JSON-lines metrics file (default ``<snapshot_prefix>_metrics.jsonl``; False for
-    none). ``progress_bar`` None shows a bar only when stderr is a terminal.
+    none). ``progress_bar`` None shows a bar only when stderr is a terminal. ``shard``
+    (a :class:`~dlsoft.data.shard.Shard`): one rank's solver in data-parallel training.
 
     Net paths in the solver file are used as written (relative to the working directory,
     as Caffe does) and, when no such file exists, relative to the solver file's folder.
     """
 
     def __init__(self, param, device="cpu", *, weights=None, metrics=None, progress_bar=None,
-                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT):
+                 sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT, shard: Shard | None = None):
         if isinstance(param, (str, os.PathLike)):
             self.path: str | None = str(param)
             param = io.read_solver(self.path)
@@ -78,12 +85,17 @@ class Solver:
         self._validate()
         self.sigint_effect = check_effect(sigint_effect, "sigint_effect")
         self.sighup_effect = check_effect(sighup_effect, "sighup_effect")
+        self.sigterm_effect: str | None = None  # data-parallel runs treat SIGTERM as SIGINT
         self.device = parse_device(device)
+        self.shard = shard
+        #: only the root solver (rank 0) tests, logs and snapshots (Caffe's root_solver)
+        self.root_solver = shard is None or shard.rank == 0
+        self._callbacks: list = []
         p = self.param
         if p.random_seed >= 0:
             dl_random.set_seed(p.random_seed)
         self.net: Net = self._build_train_net()
-        self.test_nets: list[Net] = self._build_test_nets()
+        self.test_nets: list[Net] = self._build_test_nets() if self.root_solver else []
         for test_net in self.test_nets:
             test_net.share_trained_layers_with(self.net)
         for path in self._weight_files(weights):
@@ -93,6 +105,7 @@ class Solver:
 
         self.iter = 0
         self.rule = RULES[p.type](p, self.net.learnable_params)
+        self._decay_scratch: dict = {}  # weight decay's work buffers, by learnable-blob index
         self._lr_policy = LearningRate(p)
         self._lr = self._lr_policy.peek(0)
         self._losses: list[float] = []
@@ -196,7 +209,7 @@ class Solver:
         if override is not None:
             state.MergeFrom(override)
         return Net(model, phase=PHASE_NAMES[state.phase], level=state.level, stages=list(state.stage),
-                   device=self.device)
+                   device=self.device, shard=self.shard if phase == caffe_pb2.TRAIN else None)
 
     def _build_train_net(self) -> Net:
         p = self.param
@@ -259,9 +272,12 @@ class Solver:
         start_iter, stop_iter = self.iter, self.iter + int(iters)
         self._losses, self.smoothed_loss = [], 0.0
         params = self.net.learnable_params
-        progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 else False,
-                            metrics_path=self.metrics_path)
+        root = self.root_solver
+        progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 and root else False,
+                            metrics_path=self.metrics_path if root else None)
         timer, last_display = time.perf_counter(), self.iter
+        for callback in self._callbacks:
+            callback.on_start(self)
         try:
             while self.iter < stop_iter:
                 self.net.clear_param_diffs()
@@ -269,12 +285,20 @@ class Solver:
                     self.test_all(progress)
                     if self._requested_early_exit:
                         break
-                display = p.display and self.iter % p.display == 0
-                loss = 0.0
-                for _ in range(p.iter_size):
-                    loss += self.net.forward_backward()
-                    self._forwards[0] += 1
-                loss /= p.iter_size
+                display = root and p.display and self.iter % p.display == 0
+                loss, forwards = 0.0, self._forwards[0]
+                try:
+                    for _ in range(p.iter_size):
+                        loss += self.net.forward_backward()
+                        self._forwards[0] += 1
+                    loss /= p.iter_size
+                    for callback in self._callbacks:
+                        loss = callback.on_gradients_ready(self, loss)
+                except StopNow:
+                    # Abandoned before its update: weights of self.iter, data position to match.
+                    self._forwards[0] = forwards
+                    self._requested_early_exit = True
+                    break
                 if not math.isfinite(loss):
                     raise self._non_finite_error(loss)
                 self._update_smoothed_loss(loss, start_iter)
@@ -312,7 +336,7 @@ class Solver:
         if resume:
             log.info("Restoring previous solver status from %s", resume)
             self.restore(resume)
-        self._signals = SignalHandler(self.sigint_effect, self.sighup_effect)
+        self._signals = SignalHandler(self.sigint_effect, self.sighup_effect, self.sigterm_effect)
         try:
             with self._signals:
                 start_iter = self.iter
@@ -348,6 +372,14 @@ class Solver:
     def _requested_action(self) -> str:
         return self._signals.requested_action() if self._signals is not None else NONE
 
+    def stop_requested(self) -> bool:
+        """Whether a signal received while training asks to stop (it stays pending)."""
+        return self._signals is not None and self._signals.stop_pending()
+
+    def add_callback(self, callback) -> None:
+        """Add a training callback (``on_start``, ``on_gradients_ready``; see the module docstring)."""
+        self._callbacks.append(callback)
+
     def _log_outputs(self, kind: str, net: Net, values: list[np.ndarray]) -> OrderedDict[str, float | list]:
         """Log ``    <kind> net output #i: name = v (* w = wv loss)`` per element, as Caffe."""
         index, report = 0, OrderedDict()
@@ -361,32 +393,48 @@ class Solver:
         return report
 
     def apply_update(self, params=None, display: bool = False) -> float:
-        """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``)."""
-        p = self.param
+        """Turn the accumulated diffs into updates and apply them (``SGDSolver::ApplyUpdate``):
+        clip, then per blob :meth:`normalize`, :meth:`regularize`, :meth:`compute_update`."""
         params = self.net.learnable_params if params is None else params
         rate = self._lr_policy(self.iter)
         self._lr = rate
         if display:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self._clip_gradients(params)
-        decay_l1 = p.regularization_type == "L1"
         for i, blob in enumerate(params):
-            diff = blob.diff
-            if p.iter_size > 1:
-                diff *= np.float32(1.0 / p.iter_size)
-            decay = np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[i])
-            if decay:
-                scratch = self.rule.scratch[i][0]
-                if decay_l1:
-                    blob.xp.sign(blob.data, out=scratch)
-                    scratch *= decay
-                else:
-                    blob.xp.multiply(blob.data, decay, out=scratch)
-                diff += scratch
-            self.rule.compute(i, float(np.float32(rate) * np.float32(self.net.params_lr[i])), self.iter)
+            self.normalize(i, blob)
+            self.regularize(i, blob)
+            self.compute_update(i, rate)
         for blob in params:  # Net::Update
             blob.data -= blob.diff
         return rate
+
+    def normalize(self, index: int, blob) -> None:
+        """Divide the accumulated gradient by ``iter_size`` (``SGDSolver::Normalize``)."""
+        if self.param.iter_size > 1:
+            blob.diff *= np.float32(1.0 / self.param.iter_size)
+
+    def regularize(self, index: int, blob) -> None:
+        """Add weight decay to the gradient (``SGDSolver::Regularize``): L2 ``wd*decay_mult*w``,
+        L1 ``wd*decay_mult*sign(w)``, computed in the solver's own scratch buffer."""
+        decay = np.float32(self.param.weight_decay) * np.float32(self.net.params_weight_decay[index])
+        if not decay:
+            return
+        scratch = self._decay_scratch.get(index)
+        if scratch is None or scratch.shape != blob.shape:
+            with blob.device.activate():
+                scratch = self._decay_scratch[index] = blob.xp.empty(blob.shape, np.float32)
+        if self.param.regularization_type == "L1":
+            blob.xp.sign(blob.data, out=scratch)
+            scratch *= decay
+        else:
+            blob.xp.multiply(blob.data, decay, out=scratch)
+        blob.diff += scratch
+
+    def compute_update(self, index: int, rate: float) -> None:
+        """The update rule turns the gradient into the update (``ComputeUpdateValue``),
+        with the rate times the blob's ``lr_mult``."""
+        self.rule.compute(index, float(np.float32(rate) * np.float32(self.net.params_lr[index])), self.iter)
 
     def _clip_gradients(self, params) -> None:
         clip = self.param.clip_gradients
@@ -465,9 +513,12 @@ class Solver:
         return scores
 
     # ------------------------------------------------------------------ snapshots
-    def snapshot(self) -> str:
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path."""
+    def snapshot(self) -> str | None:
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (atomically); return the state's path
+        (None on the ranks other than 0 in data-parallel training: only the root solver writes)."""
         p = self.param
+        if not self.root_solver:
+            return None
         if not p.snapshot_prefix:
             raise SolverError("snapshot_prefix is not set: cannot snapshot", path=self.path)
         fmt_ = p.snapshot_format
@@ -485,8 +536,9 @@ class Solver:
         return state_path
 
     def _dlstate(self) -> dict:
+        ranks = self.shard.size if self.shard else 1
         return {"format": SIDECAR_FORMAT, "iter": self.iter, "random_state": dl_random.get_state(),
-                "batches": {"train": self._forwards[0], "test": self._forwards[1:]}}
+                **snap.data_position(self._forwards, ranks, snap.global_batch(self.net, ranks))}
 
     def restore(self, path: str) -> None:
         """Continue from a ``.solverstate`` (ours or real Caffe's): weights, iteration, history.
@@ -515,31 +567,18 @@ class Solver:
         if sidecar is None:
             log.info("no dlsoft state beside %s: data order and random state start afresh (as in Caffe)", path)
             return
-        batches = sidecar.get("batches", {})
+        ranks = self.shard.size if self.shard else 1
         nets = [self.net, *self.test_nets]
-        targets = [batches.get("train", 0), *batches.get("test", [])]
+        targets = [snap.train_batches(sidecar, snap.global_batch(self.net, ranks)),
+                   *sidecar.get("batches", {}).get("test", [])]
         for index, (net, target) in enumerate(zip(nets, targets)):
             self._fast_forward(index, net, int(target))
         dl_random.set_state(sidecar["random_state"])
 
     def _fast_forward(self, index: int, net: Net, target: int) -> None:
         """Advance ``net``'s data layers to ``target`` batches delivered (by reading and dropping)."""
-        done = self._forwards[index]
-        if target < done:
-            log.warning("net #%d already read %d batches, the snapshot %d: data order not restored", index, done, target)
-            return
-        layers = [(layer, tops) for layer, tops in zip(net.layers, net.top_ids)
-                  if getattr(layer, "prefetcher", None) is not None]
-        if layers and target > done:
-            log.info("Restoring the data position of net #%d: skipping %d batches", index, target - done)
-        for layer, tops in layers:
-            skip = getattr(layer, "skip_batches", None)
-            if skip is not None:
-                skip(target - done)
-            else:
-                for _ in range(target - done):
-                    layer.forward([], tops)
-        self._forwards[index] = target
+        snap.fast_forward(net, index, self._forwards[index], target)
+        self._forwards[index] = max(target, self._forwards[index])
 
     def close(self) -> None:
         """Stop the nets' prefetch threads."""
@@ -578,14 +617,3 @@ def _field_line(path: str | None, field: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-@contextlib.contextmanager
-def handling_signals(solver: Solver):
-    """``with handling_signals(solver): solver.step(n)`` acts on SIGINT/SIGHUP as ``solve`` does."""
-    solver._signals = SignalHandler(solver.sigint_effect, solver.sighup_effect)
-    try:
-        with solver._signals:
-            yield solver
-    finally:
-        solver._signals = None

@@ -14,7 +14,7 @@ written back into ``diff`` as Caffe does. ``lr`` is the rate times the blob's
 - Adam:     m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;
             update lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)  (b1 = momentum, b2 = momentum2, eps = delta)
 
-History buffers (and one or two scratch buffers per blob) are allocated once; every
+History buffers (and the scratch buffers a rule asks for) are allocated once; every
 step works in place, so the hot loop allocates nothing. ``history`` is ordered as
 Caffe's ``history_``: one buffer per learnable blob, and for AdaDelta and Adam a second
 set after the first (that is how ``.solverstate`` files store them).
@@ -34,7 +34,7 @@ class UpdateRule:
 
     type = ""
     histories_per_blob = 1
-    scratch_per_blob = 1  # at least 1: the solver computes weight decay in scratch[i][0] first
+    scratch_per_blob = 0  # work buffers of the rule's own, per blob
 
     def __init__(self, param, blobs: Sequence[Blob]):
         self.param = param
@@ -78,6 +78,7 @@ class SGD(UpdateRule):
 
 class Nesterov(UpdateRule):
     type = "Nesterov"
+    scratch_per_blob = 1
 
     def compute(self, index, lr, iteration):
         g, v, (previous,) = self.blobs[index].diff, self.history[index], self.scratch[index]
@@ -93,6 +94,7 @@ class Nesterov(UpdateRule):
 
 class AdaGrad(UpdateRule):
     type = "AdaGrad"
+    scratch_per_blob = 1
 
     def compute(self, index, lr, iteration):
         xp = self.blobs[index].xp
@@ -106,6 +108,7 @@ class AdaGrad(UpdateRule):
 
 class RMSProp(UpdateRule):
     type = "RMSProp"
+    scratch_per_blob = 1
 
     def compute(self, index, lr, iteration):
         xp = self.blobs[index].xp
@@ -140,6 +143,7 @@ class AdaDelta(UpdateRule):
 
 class Adam(UpdateRule):
     type = "Adam"
+    scratch_per_blob = 1
     histories_per_blob = 2
 
     def compute(self, index, lr, iteration):

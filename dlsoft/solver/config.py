@@ -1,19 +1,32 @@
-"""Configuring a SolverParameter from the ``train`` command's flags (default solver, overrides)."""
+"""Configuring a SolverParameter in code: dlsoft's default solver for a bare net, and
+overrides of a solver file's settings (what ``dlsoft train``'s flags do).
+
+The CLI and the Python API configure a solver the same way::
+
+    param = config.default_solver(io.read_net("net.prototxt"), name="net")
+    config.apply_overrides(param, "net.prototxt", config.Overrides(lr=0.05, max_iter=500))
+    solver = Solver(param)
+
+``SOLVER_TYPES`` are the update rules' names (the registry in :mod:`.updates`).
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import DlsoftError
-from .options import ZOO_PREFIX, resolve
+from ..netdef import graph, io
+from ..protos import caffe_pb2
+from ..zoo_ref import is_zoo_ref
+from .updates import RULES
 
-SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+#: Every solver ``type`` there is an update rule for, in the registry's order.
+SOLVER_TYPES = tuple(RULES)
 
 
-# ============================================================================ train
 def has_test_phase(net_param) -> bool:
-    from ..protos import caffe_pb2
-
+    """Whether ``net_param`` has layers only the TEST phase includes (so a default solver tests it)."""
     return any(rule.phase == caffe_pb2.TEST and rule.HasField("phase") for layer in net_param.layer
                for rule in layer.include) or \
         any(rule.phase == caffe_pb2.TRAIN and rule.HasField("phase") for layer in net_param.layer
@@ -36,8 +49,6 @@ def default_solver(net_param, name: str = "net"):
     net has TEST-phase layers, 10 test batches at an interval dividing max_iter.
     Snapshots go to ``<name>_iter_N.caffemodel`` in the current directory.
     """
-    from ..protos import caffe_pb2
-
     solver = caffe_pb2.SolverParameter()
     solver.net_param.CopyFrom(net_param)
     solver.type = "SGD"
@@ -55,13 +66,9 @@ def default_solver(net_param, name: str = "net"):
 
 def set_train_batch_size(net_param, batch_size: int, where: str) -> int:
     """Set ``batch_size`` of the data layers used in the TRAIN phase; returns how many were changed."""
-    from ..protos import caffe_pb2
-
     if batch_size < 1:
         raise DlsoftError(f"--batch-size must be at least 1, got {batch_size}")
     state = caffe_pb2.NetState(phase=caffe_pb2.TRAIN)
-    from ..netdef import graph
-
     changed = 0
     for layer in graph.filter_net(net_param, state).layer:
         for original in net_param.layer:
@@ -87,16 +94,20 @@ def set_train_batch_size(net_param, batch_size: int, where: str) -> int:
     return changed
 
 
-def absolute_net_paths(solver, solver_path: str | None) -> None:
+def absolute_net_paths(solver, solver_path: str | None, resolve_ref=None) -> None:
     """Make the solver's net paths absolute: as written from the working directory (Caffe's
-    rule), or else next to the solver file, so ``-solver`` works from any directory."""
+    rule), or else next to the solver file, so ``-solver`` works from any directory.
+    ``zoo:`` references go through ``resolve_ref(ref, kind)`` when given (the CLI passes
+    the model zoo's resolver), and stay as they are otherwise."""
     if solver_path is None:
         return
     base = Path(solver_path).resolve().parent
 
     def fix(path: str) -> str:
-        if not path or os.path.isabs(path) or os.path.exists(path) or path.startswith(("builtin:", ZOO_PREFIX)):
-            return resolve(path, "train_val") if path.startswith(ZOO_PREFIX) else path
+        if is_zoo_ref(path):
+            return resolve_ref(path, "train_val") if resolve_ref is not None else path
+        if not path or os.path.isabs(path) or os.path.exists(path) or path.startswith("builtin:"):
+            return path
         candidate = base / path
         return str(candidate) if candidate.exists() else path
 
@@ -112,8 +123,6 @@ def absolute_net_paths(solver, solver_path: str | None) -> None:
 
 def _train_net_param(solver, where: str):
     """(net parameter the solver trains, field it comes from), reading a net file if need be."""
-    from ..netdef import io
-
     for field in ("train_net_param", "net_param"):
         if solver.HasField(field):
             return getattr(solver, field), field
@@ -125,36 +134,64 @@ def _train_net_param(solver, where: str):
     raise DlsoftError(f"{where} names no net (net, net_param, train_net or train_net_param)")
 
 
-def apply_overrides(solver, where: str, *, lr=None, max_iter=None, batch_size=None, solver_type=None,
-                    lr_policy=None, test_interval=None, test_iter=None, momentum=None, weight_decay=None,
-                    display=None, snapshot_every=None, snapshot_prefix=None, seed=None, stages=(),
-                    level=None) -> None:
-    """Apply the ``train`` command's flags to a SolverParameter, in place."""
-    if lr is not None:
-        if lr <= 0:
-            raise DlsoftError(f"--lr must be positive, got {lr}")
-        solver.base_lr = lr
-    if max_iter is not None:
-        if max_iter < 0:
-            raise DlsoftError(f"--max-iter must not be negative, got {max_iter}")
-        solver.max_iter = max_iter
-    if solver_type is not None:
-        solver.type = solver_type
+@dataclass(frozen=True)
+class Overrides:
+    """Settings that replace a solver file's (the ``train`` command's flags, by their names).
+
+    ``None`` (and no ``stages``) leaves a field as the file has it. ``snapshot_every`` is
+    the solver's ``snapshot``, ``seed`` its ``random_seed``, ``solver_type`` its ``type``;
+    ``batch_size`` goes to the TRAIN-phase data layers of the net the solver trains.
+    """
+
+    lr: float | None = None
+    max_iter: int | None = None
+    batch_size: int | None = None
+    solver_type: str | None = None
+    lr_policy: str | None = None
+    test_interval: int | None = None
+    test_iter: int | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    display: int | None = None
+    snapshot_every: int | None = None
+    snapshot_prefix: str | None = None
+    seed: int | None = None
+    stages: tuple[str, ...] = ()
+    level: int | None = None
+
+    def any(self) -> bool:
+        """Whether any setting is given."""
+        return bool(self.stages) or any(getattr(self, f.name) is not None for f in fields(self) if f.name != "stages")
+
+
+def apply_overrides(solver, where: str, overrides: Overrides) -> None:
+    """Apply ``overrides`` to a SolverParameter, in place (``where`` names it in errors)."""
+    o = overrides
+    if o.lr is not None:
+        if o.lr <= 0:
+            raise DlsoftError(f"--lr must be positive, got {o.lr}")
+        solver.base_lr = o.lr
+    if o.max_iter is not None:
+        if o.max_iter < 0:
+            raise DlsoftError(f"--max-iter must not be negative, got {o.max_iter}")
+        solver.max_iter = o.max_iter
+    if o.solver_type is not None:
+        solver.type = o.solver_type
         solver.ClearField("solver_type")
-    plain = {"lr_policy": lr_policy, "test_interval": test_interval, "momentum": momentum,
-             "weight_decay": weight_decay, "display": display, "snapshot": snapshot_every,
-             "snapshot_prefix": snapshot_prefix, "random_seed": seed}
+    plain = {"lr_policy": o.lr_policy, "test_interval": o.test_interval, "momentum": o.momentum,
+             "weight_decay": o.weight_decay, "display": o.display, "snapshot": o.snapshot_every,
+             "snapshot_prefix": o.snapshot_prefix, "random_seed": o.seed}
     for field, value in plain.items():
         if value is not None:
             setattr(solver, field, value)
-    if test_iter is not None:
+    if o.test_iter is not None:
         count = max(len(solver.test_iter), 1)
         solver.ClearField("test_iter")
-        solver.test_iter.extend([test_iter] * count)
-    if stages:
-        solver.train_state.stage.extend(s for s in stages if s not in solver.train_state.stage)
-    if level is not None:
-        solver.train_state.level = level
-    if batch_size is not None:
+        solver.test_iter.extend([o.test_iter] * count)
+    if o.stages:
+        solver.train_state.stage.extend(s for s in o.stages if s not in solver.train_state.stage)
+    if o.level is not None:
+        solver.train_state.level = o.level
+    if o.batch_size is not None:
         net_param, _ = _train_net_param(solver, where)
-        set_train_batch_size(net_param, batch_size, where)
+        set_train_batch_size(net_param, o.batch_size, where)
