@@ -27,9 +27,9 @@ TESTS = Path(__file__).resolve().parent
 
 
 def gpu_test_texts() -> str:
-    """The source and parameters of every gpu test of the layer test modules, as one text,
-    plus the types a module declares in ``GPU_COVERS`` (those its gpu tests reach through
-    helpers that build the layer text)."""
+    """What the gpu tests of the layer test modules run, as one text: each test's source and
+    parameters, the module-level strings and helper functions it names (``DW.format(...)``,
+    ``normalize_text(...)``), and the types a module declares in ``GPU_COVERS``."""
     parts = []
     for path in sorted(TESTS.glob("test_layers_*.py")):
         module = importlib.import_module(path.stem)
@@ -39,6 +39,12 @@ def gpu_test_texts() -> str:
             if callable(function) and name.startswith("test") and any(m.name == "gpu" for m in marks):
                 parts.append(inspect.getsource(function))
                 parts += [repr(m.args) for m in marks if m.name == "parametrize"]
+                for used in function.__code__.co_names:
+                    value = getattr(module, used, None)
+                    if isinstance(value, str):
+                        parts.append(value)
+                    elif inspect.isfunction(value) and value.__module__ == module.__name__:
+                        parts.append(inspect.getsource(value))
     return "\n".join(parts)
 
 

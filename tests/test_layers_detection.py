@@ -19,8 +19,6 @@ COVERS = {
     "PriorBox": {"reference"},
     "DetectionOutput": {"reference"},
 }
-#: Layers the gpu tests below run through helpers (test_cupy_api.py checks every layer has a GPU case).
-GPU_COVERS = {"Normalize", "Permute", "PriorBox", "DetectionOutput"}
 
 RNG = np.random.default_rng(0)
 X = RNG.uniform(-1, 1, (2, 3, 2, 3)).astype(np.float32)

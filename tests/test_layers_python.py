@@ -11,7 +11,6 @@ from dlsoft.errors import NetDefinitionError
 from gradcheck import check_gradient, compare_devices, run_layer
 
 COVERS = {"Python": {"gradient", "reference"}}
-GPU_COVERS = {"Python"}  # test_gpu_matches_cpu builds its text with python_layer()
 
 LAYERS_DIR = Path(__file__).resolve().parent / "data" / "python_layers"
 RNG = np.random.default_rng(0)
