@@ -42,18 +42,8 @@ pytestmark = pytest.mark.skipif(not FILES, reason="../shared/caffe-wild is absen
 
 # Layer types of caffe-wild that dlsoft does not have yet, and who adds them (issue 10).
 EXPECTED_MISSING = {
-    "ROIPooling": "Faster R-CNN layers",
-    "PSROIPooling": "R-FCN layers",
-    "SmoothL1Loss": "Faster R-CNN layers",
-    "SmoothL1LossOHEM": "Faster R-CNN layers",
-    "SoftmaxWithLossOHEM": "Faster R-CNN layers",
-    "BoxAnnotatorOHEM": "R-FCN layers",
-    "Interp": "segmentation layers",
     "ImageSegData": "segmentation layers",
     "SegAccuracy": "segmentation layers",
-    "ConvolutionDepthwise": "MobileNet / ShuffleNet layers",
-    "SeLu": "SeLU layers",
-    "SeLuDropout": "SeLU layers",
     "AnnotatedData": "SSD training",
     "MultiBoxLoss": "SSD training",
     "DetectionEvaluate": "SSD training",
@@ -170,6 +160,26 @@ def randomize(net, rng) -> None:
             layer.blobs[1].data[...] = rng.normal(scale=0.1, size=layer.blobs[1].shape)
 
 
+def roi_inputs(net, rng) -> dict[str, np.ndarray]:
+    """Valid regions for the rois inputs of (PS)ROIPooling layers: (0, x1, y1, x2, y2) inside the image."""
+    out = {}
+    for layer in net.layers:
+        if layer.type not in ("ROIPooling", "PSROIPooling"):
+            continue
+        features, rois = net.bottom_names[layer.name][:2]
+        if rois not in net.inputs:
+            continue
+        p = layer.param.roi_pooling_param if layer.type == "ROIPooling" else layer.param.psroi_pooling_param
+        height, width = net.blobs[features].shape[2:]
+        size = np.array([width, height, width, height]) / p.spatial_scale
+        count = net.blobs[rois].shape[0]
+        corners = np.sort(rng.uniform(0, 1, size=(count, 2, 2)), axis=1).reshape(count, 4)[:, [0, 2, 1, 3]]
+        boxes = np.zeros((count, 5), np.float32)
+        boxes[:, 1:] = np.round(corners * (size - 1))
+        out[rois] = boxes.reshape(net.blobs[rois].shape)
+    return out
+
+
 def compared_blobs(net) -> list[tuple[str, str]]:
     """(blob, layer that last writes it) pairs to compare with OpenCV.
 
@@ -223,6 +233,7 @@ def test_deploy_net_builds_with_the_parameter_count_and_agrees_with_opencv(path,
     weights = tmp_path / "random.caffemodel"
     net.save(weights)
     inputs = {name: rng.uniform(-1, 1, size=net.blobs[name].shape).astype(np.float32) for name in net.inputs}
+    inputs.update(roi_inputs(net, rng))
     net.forward(**inputs)
     pairs = compared_blobs(net)
     try:
