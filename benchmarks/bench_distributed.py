@@ -30,8 +30,6 @@ WARMUP = 5
 
 
 def solver_param(name: str):
-    import numpy as np  # noqa: F401
-
     from dlsoft.netdef import io
     from dlsoft.protos import caffe_pb2
 

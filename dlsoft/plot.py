@@ -139,8 +139,12 @@ def load_curves(path: str | Path) -> Curves:
     return curves
 
 
-def plot_curves(curves: Curves, out_path: str | Path, title: str = "") -> Path:
-    """Draw loss (train and test), the other test scores and lr against iterations into ``out_path``."""
+def make_figure(curves: Curves, title: str = ""):
+    """The matplotlib figure of :func:`plot_curves`: loss, other scores and lr panels against iterations.
+
+    The learning rate is drawn as steps (each value holds until the next record), so the
+    ``step``/``multistep`` policies look like the staircase they are.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -158,7 +162,10 @@ def plot_curves(curves: Curves, out_path: str | Path, title: str = "") -> Path:
     for ax, (panel_title, series) in zip(axes[:, 0], panels):
         for label, points in series.items():
             xs, ys = zip(*points)
-            ax.plot(xs, ys, label=label, marker="o" if len(points) < 30 else None, markersize=3)
+            if panel_title == "learning rate":
+                ax.step(xs, ys, where="post", label=label)
+            else:
+                ax.plot(xs, ys, label=label, marker="o" if len(points) < 30 else None, markersize=3)
         ax.set_ylabel(panel_title)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
@@ -166,6 +173,13 @@ def plot_curves(curves: Curves, out_path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: Curves, out_path: str | Path, title: str = "") -> Path:
+    """Draw loss (train and test), the other test scores and lr against iterations into ``out_path``."""
+    fig = make_figure(curves, title)
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - make_figure checked it is there
     out_path = Path(out_path)
     try:
         fig.savefig(out_path)

@@ -5,16 +5,24 @@
 but fixed) and compare with what ``backward`` computed; the error allowed is
 ``threshold * max(|numeric|, |analytic|, 1)``.
 
-Layer test modules declare what they cover in a module-level ``COVERS`` dict, for
-example ``COVERS = {"ReLU": {"gradient", "reference"}}`` ("gradient": checked with
-``check_gradient``; "reference": forward values checked against a closed form or
-PyTorch). ``test_layer_coverage.py`` fails for any registered type left out.
+The declarative harness: a layer test module lists :class:`LayerCase` s in ``CASES``
+(a layer prototxt, its inputs, a reference: a PyTorch function or a closed form) and
+``globals().update(case_tests(CASES))`` turns them into the gradient check, the
+reference comparison on the CPU and the GPU-vs-CPU comparison (run where a GPU is
+present). Checks that do not fit a case stay ordinary tests, marked with
+``@covers(type, kind)``. ``test_layer_coverage.py`` derives what each registered type
+has ("gradient", "reference", "gpu") from the cases and those marks.
+
+Shared helpers live here once: random inputs (:func:`uniform`, :func:`normal`,
+:func:`distinct`), :func:`torch_reference`, :func:`backward_with`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pytest
 
 from dlsoft import random as dl_random
 from dlsoft.backend import CPU, Device, parse_device, to_numpy
@@ -155,3 +163,166 @@ def compare_devices(text: str, bottoms: Sequence[np.ndarray], *, phase: str = "T
             np.testing.assert_allclose(to_numpy(g.diff), c.diff, rtol=rtol, atol=atol)
     for c, g in zip(cpu_layer.blobs, gpu_layer.blobs):
         np.testing.assert_allclose(to_numpy(g.diff), c.diff, rtol=rtol, atol=atol)
+
+
+# ---- shared helpers ----------------------------------------------------------------------------
+def uniform(*shape, seed=0, low=-1.0, high=1.0) -> np.ndarray:
+    """float32 uniform in [low, high); the generator is seeded by ``seed`` and the shape."""
+    return np.random.default_rng(seed + len(shape) * 31 + sum(shape)).uniform(low, high, shape).astype(np.float32)
+
+
+def normal(shape, seed=0) -> np.ndarray:
+    """float32 standard normal."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def distinct(*shape, seed=0, low=None) -> np.ndarray:
+    """float32 values 0.05 apart (a permutation), so a ±0.01 finite-difference step never
+    changes a max or an argmax. From ``low``; centred on 0 by default. ``shape`` may be
+    given as dims or as one tuple."""
+    if len(shape) == 1 and isinstance(shape[0], tuple):
+        shape = shape[0]
+    n = int(np.prod(shape))
+    low = -n * 0.025 if low is None else low
+    return (np.random.default_rng(seed).permutation(n).reshape(shape) * 0.05 + low).astype(np.float32)
+
+
+def backward_with(layer, bottoms, tops, top_diffs=None, propagate=None, *, seed=3):
+    """Run ``layer.backward`` with ``top_diffs`` (default: uniform in [-1, 1) from ``seed``),
+    parameter diffs zeroed first, into the bottoms the layer allows; returns the top diffs."""
+    if top_diffs is None:
+        rng = np.random.default_rng(seed)
+        top_diffs = [rng.uniform(-1, 1, t.shape).astype(np.float32) for t in tops]
+    for top, diff in zip(tops, top_diffs):
+        top.diff[...] = top.xp.asarray(np.asarray(diff, dtype=np.float32))
+    for blob in layer.blobs:
+        blob.diff[...] = 0
+    propagate = propagate or [layer.allow_backward_to(i) for i in range(len(bottoms))]
+    layer.backward(tops, propagate, bottoms)
+    return top_diffs
+
+
+def torch_reference(fn, *inputs):
+    """``fn(*inputs)`` by torch in float64, and ``grads(w)``: the gradients of
+    ``sum(w * fn(*inputs))`` with respect to each input (None where it has none)."""
+    import torch
+
+    tensors = [torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True) for x in inputs]
+    y = fn(*tensors)
+
+    def grads(w):
+        for t in tensors:
+            t.grad = None
+        (y * torch.tensor(np.asarray(w), dtype=torch.float64)).sum().backward(retain_graph=True)
+        return [t.grad.numpy() if t.grad is not None else None for t in tensors]
+
+    return y.detach().numpy(), grads
+
+
+# ---- the declarative harness -------------------------------------------------------------------
+@dataclass
+class LayerCase:
+    """One layer test case.
+
+    ``torch``: a function of torch tensors (one per bottom) giving top 0; its forward
+    and its backward (the gradient of ``sum(w * top)`` for a random ``w``) are compared
+    with the layer's. ``reference``: ``reference(layer, *bottoms)`` giving the expected
+    tops (a closed form; the layer is there for its weights). ``gradient``: keyword
+    arguments of :func:`check_gradient` (``bottoms`` may replace the inputs), or None for
+    no gradient check. ``gpu``: compare the GPU with the CPU (keyword arguments of
+    :func:`compare_devices`, or True), where a GPU is present.
+    """
+
+    text: str
+    bottoms: Sequence[np.ndarray]
+    torch: Callable | None = None
+    reference: Callable | None = None
+    gradient: Mapping | None = None
+    gpu: bool | Mapping = False
+    phase: str = "TRAIN"
+    num_tops: int | None = None
+    rtol: float = 1e-4
+    atol: float = 1e-6
+    name: str = ""
+    backward_bottoms: Sequence[int] | None = None  # which bottoms the torch backward compares (default all)
+
+    @property
+    def type(self) -> str:
+        return layer_param(self.text).type
+
+    @property
+    def kinds(self) -> set[str]:
+        return ({"reference"} if self.torch or self.reference else set()) | \
+            ({"gradient"} if self.gradient is not None else set()) | ({"gpu"} if self.gpu else set())
+
+    def __str__(self) -> str:
+        return self.name or self.text.split('"')[1]
+
+
+def run_case_reference(case: LayerCase) -> None:
+    """Forward (and, with ``torch``, backward) against the case's reference."""
+    layer, bottoms, tops = run_layer(case.text, case.bottoms, case.phase, num_tops=case.num_tops)
+    if case.reference is not None:
+        expected = case.reference(layer, *[np.asarray(b, dtype=np.float32) for b in case.bottoms])
+        expected = [expected] if isinstance(expected, np.ndarray) else list(expected)
+        for top, want in zip(tops, expected):
+            np.testing.assert_allclose(to_numpy(top.data), want, rtol=case.rtol, atol=case.atol)
+    if case.torch is not None:
+        w = np.random.default_rng(1).uniform(-1, 1, size=tops[0].shape).astype(np.float32)
+        want_y, grads = torch_reference(case.torch, *case.bottoms)
+        want_dx = grads(w)
+        np.testing.assert_allclose(to_numpy(tops[0].data), want_y, rtol=case.rtol, atol=case.atol)
+        if layer.forward_only:
+            return
+        check = range(len(bottoms)) if case.backward_bottoms is None else case.backward_bottoms
+        backward_with(layer, bottoms, tops, [w] + [np.zeros(t.shape) for t in tops[1:]],
+                      [i in check for i in range(len(bottoms))])
+        for i in check:
+            np.testing.assert_allclose(to_numpy(bottoms[i].diff), want_dx[i], rtol=case.rtol, atol=case.atol)
+
+
+def run_case_gradient(case: LayerCase) -> None:
+    options = dict(case.gradient)
+    bottoms = options.pop("bottoms", case.bottoms)
+    options.setdefault("phase", case.phase)
+    options.setdefault("num_tops", case.num_tops)
+    check_gradient(case.text, bottoms, **options)
+
+
+def run_case_gpu(case: LayerCase) -> None:
+    options = dict(case.gpu) if isinstance(case.gpu, Mapping) else {}
+    bottoms = options.pop("bottoms", case.bottoms)
+    options.setdefault("phase", case.phase)
+    options.setdefault("num_tops", case.num_tops)
+    compare_devices(case.text, bottoms, **options)
+
+
+def case_tests(cases: Sequence[LayerCase]) -> dict:
+    """The test functions for ``cases``: ``globals().update(case_tests(CASES))`` in a test module."""
+    def param(kind):
+        chosen = [c for c in cases if kind in c.kinds]
+        return pytest.mark.parametrize("case", chosen, ids=[f"{c}{i}" for i, c in enumerate(chosen)])
+
+    @param("reference")
+    def test_case_reference(case):
+        run_case_reference(case)
+
+    @param("gradient")
+    def test_case_gradient(case):
+        run_case_gradient(case)
+
+    @pytest.mark.gpu
+    @param("gpu")
+    def test_case_gpu_matches_cpu(case):
+        run_case_gpu(case)
+
+    tests = {"reference": test_case_reference, "gradient": test_case_gradient, "gpu": test_case_gpu_matches_cpu}
+    return {f.__name__: f for kind, f in tests.items() if any(kind in c.kinds for c in cases)}
+
+
+def covers(type_name: str, *kinds: str):
+    """Mark an ordinary test as checking ``kinds`` ("gradient", "reference", "gpu") of a layer type."""
+    def mark(test):
+        test.layer_covers = getattr(test, "layer_covers", set()) | {(type_name, kind) for kind in kinds}
+        return test
+    return mark

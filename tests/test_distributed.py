@@ -118,7 +118,7 @@ def test_snapshot_of_one_process_resumes_on_two_ranks(one_and_two):
     assert relative_difference(work / "A/run_iter_30.caffemodel", work / "D/run_iter_30.caffemodel") < TOLERANCE
 
 
-def rank_pids(marker: str, timeout: float = 60) -> dict[int, int]:
+def rank_pids(marker: str, timeout: float = 120) -> dict[int, int]:
     """pid of each rank whose command line contains ``marker``, once both run."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,9 +138,12 @@ def rank_pids(marker: str, timeout: float = 60) -> dict[int, int]:
     raise AssertionError(f"ranks of {marker} not found")
 
 
-def wait_for_training(metrics: Path, timeout: float = 60) -> None:
+def wait_for_training(metrics: Path, process, timeout: float = 120) -> None:
+    """Until rank 0 has logged twice (the job runs), failing with its output if it ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError("the job ended early:\n" + process.communicate()[0][-3000:])
         if metrics.exists() and metrics.read_text().count('"train"') >= 2:
             return
         time.sleep(0.1)
@@ -157,14 +160,14 @@ def test_killing_a_rank_ends_the_job_naming_it(work, recovery):
     process = subprocess.Popen(mpirun(2, *extra, *dlsoft("--batch-size", "32", "--max-iter", "100000",
                                                          "--snapshot-every", "20", "--snapshot-prefix", prefix),
                                       tcp=not recovery),
-                               cwd=work, env=environment(DLSOFT_HEARTBEAT_TIMEOUT="3"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               cwd=work, env=environment(DLSOFT_HEARTBEAT_TIMEOUT="5" if recovery else "20"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_training(work / f"{prefix}_metrics.jsonl")
+        wait_for_training(work / f"{prefix}_metrics.jsonl", process)
         pids = rank_pids(prefix)
         killed = time.monotonic()
         os.kill(pids[1], signal.SIGKILL)
-        output, _ = process.communicate(timeout=60)
+        output, _ = process.communicate(timeout=90)
         elapsed = time.monotonic() - killed
     finally:
         if process.poll() is None:
@@ -188,7 +191,7 @@ def test_ctrl_c_on_mpirun_snapshots_once_and_stops(work):
                                                  "--snapshot-every", "100000", "--snapshot-prefix", prefix)),
                                cwd=work, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_training(work / f"{prefix}_metrics.jsonl")
+        wait_for_training(work / f"{prefix}_metrics.jsonl", process)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:

@@ -41,6 +41,7 @@ def test_nccl_id_round_trip():
 @pytest.mark.parametrize("args, message", [
     (["--gpu", "0,1"], "--gpu 0,1: GPU 0 is not present (0 GPU(s) here"),
     (["--distributed", "nccl"], "--distributed nccl needs --gpu"),
+    (["--distributed", "mpi", "--gpu", "0"], "--distributed mpi averages on the CPU"),
 ])
 def test_multi_gpu_errors_are_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -8,6 +8,8 @@ weights of a plain single-process run (x·4/4 is exact in float32).
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -249,3 +251,40 @@ def test_a_spawned_rank_gives_up_when_its_launcher_is_gone():
     assert watch.problem() is None
     watch._getppid = lambda: 1
     assert watch.problem() == f"the launcher (pid {watch.parent}) is gone"
+
+
+def test_gpu_launcher_passes_ctrl_c_once_to_every_rank(tmp_path):
+    """Ctrl-C on ``dlsoft train --gpu all`` reaches each rank once (rank 0 then snapshots), and all end."""
+    child = tmp_path / "child.py"
+    child.write_text("import os, signal, sys, time\n"
+                     "got = []\n"
+                     "signal.signal(signal.SIGINT, lambda s, f: got.append(s))\n"
+                     "open(os.environ['OUT'] + os.environ['DLSOFT_RANK'] + '.up', 'w').close()\n"
+                     "while not got: time.sleep(0.05)\n"
+                     "time.sleep(0.5)\n"
+                     "open(os.environ['OUT'] + os.environ['DLSOFT_RANK'], 'w').write(str(len(got)))\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text("import sys\nfrom dlsoft.distributed.launch import spawn_gpus\n"
+                      f"sys.exit(spawn_gpus([0, 1], [sys.executable, {str(child)!r}], '00'))\n")
+    env = dict(os.environ, OUT=str(tmp_path / "rank"),
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen([sys.executable, str(parent)], env=env)
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / f"rank{r}.up").exists() for r in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["1", "1"]
+
+
+def test_ranks_split_the_random_stream_for_dropout():
+    from dlsoft import random as dl_random
+
+    draws = []
+    for rank in range(3):
+        dl_random.set_seed(5)
+        dl_random.split(rank)
+        draws.append(dl_random.rng().random(4))
+    dl_random.set_seed(5)
+    np.testing.assert_array_equal(draws[0], dl_random.rng().random(4))  # rank 0: the snapshot's stream
+    assert not np.allclose(draws[1], draws[0]) and not np.allclose(draws[2], draws[1])

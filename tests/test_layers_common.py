@@ -1,16 +1,12 @@
-"""The common layers (dlsoft/layers/common.py, normalization.py): gradients, reference
+"""The shape and plumbing layers, Softmax, BatchNorm, MVN, Scale/Bias, Dropout: gradients, reference
 values against PyTorch or closed forms, in-place use, storage sharing, GPU vs CPU."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import (
-    check_gradient,
-    compare_devices,
-    layer_param,
-    make_layer,
-    run_layer,
-)
+from gradcheck import LayerCase, case_tests, check_gradient, covers, distinct, layer_param, make_layer, run_layer
+from gradcheck import backward_with as backward
+from gradcheck import uniform as rand
 
 from dlsoft.backend import CPU, to_numpy
 from dlsoft.blob import Blob
@@ -19,33 +15,8 @@ from dlsoft.errors import NetDefinitionError
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-COVERS = {name: {"gradient", "reference"} for name in (
-    "InnerProduct", "Embed", "Concat", "Slice", "Split", "Flatten", "Reshape", "Eltwise", "Tile",
-    "Reduction", "Softmax", "BatchNorm", "Scale", "Bias", "Dropout", "MVN", "Silence", "Filter",
-    "BatchReindex", "Parameter")}
-COVERS["ArgMax"] = {"reference"}
-
 RTOL, ATOL = 1e-4, 1e-6
 GAUSS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
-
-
-def rand(*shape, seed=0, low=-1.0, high=1.0):
-    return np.random.default_rng(seed + len(shape) * 31 + sum(shape)).uniform(low, high, shape).astype(np.float32)
-
-
-def distinct(*shape, seed=0):
-    """Values at least 0.05 apart, so that max/argmax are unambiguous under ±1e-2 steps."""
-    n = int(np.prod(shape))
-    return (np.random.default_rng(seed).permutation(n).reshape(shape) * 0.05 - n * 0.025).astype(np.float32)
-
-
-def backward(layer, bottoms, tops, top_diffs, propagate=None):
-    for top, diff in zip(tops, top_diffs):
-        top.diff[...] = diff
-    for blob in layer.blobs:
-        blob.diff[...] = 0
-    propagate = propagate or [layer.allow_backward_to(i) for i in range(len(bottoms))]
-    layer.backward(tops, propagate, bottoms)
 
 
 def close(actual, expected, rtol=RTOL, atol=ATOL):
@@ -118,9 +89,18 @@ GRADIENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text,bottoms,kwargs", [c[1:] for c in GRADIENT_CASES], ids=[c[0] for c in GRADIENT_CASES])
-def test_gradient(text, bottoms, kwargs):
-    check_gradient(text, bottoms, **kwargs)
+GPU_ONLY_CASES = [  # no gradient check: forward only, or the phase/tops differ
+    ("argmax", 'type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', [distinct(2, 3, 4)], {}),
+    ("argmax-axis", 'type: "ArgMax" argmax_param { axis: 1 }', [distinct(2, 3, 4)], {}),
+    ("batchnorm-test", 'type: "BatchNorm"', [rand(3, 2, 3, 2)], {"phase": "TEST"}),
+    ("silence", 'type: "Silence"', [rand(2, 3)], {"num_tops": 0}),
+]
+# Every gradient case is also compared GPU-vs-CPU, except dropout (the GPU masks come
+# from cupy's generator: test_gpu_dropout_mask_statistics checks those).
+CASES = [LayerCase(text, bottoms, gradient=kwargs, gpu=name != "dropout", name=name)
+         for name, text, bottoms, kwargs in GRADIENT_CASES] + \
+        [LayerCase(text, bottoms, gpu=True, name=name, **kwargs) for name, text, bottoms, kwargs in GPU_ONLY_CASES]
+globals().update(case_tests(CASES))
 
 
 def test_gradient_batchnorm_global_stats():
@@ -144,6 +124,7 @@ def test_gradient_batchnorm_global_stats():
 
 # ---- reference values ------------------------------------------------------------------
 
+@covers("InnerProduct", "reference")
 @pytest.mark.parametrize("transpose", [False, True])
 def test_inner_product_matches_torch(transpose):
     text = f'type: "InnerProduct" inner_product_param {{ num_output: 4 transpose: {str(transpose).lower()} {GAUSS} }}'
@@ -173,6 +154,7 @@ def test_inner_product_rejects_wrong_input_size():
         layer.reshape(bottoms, tops)
 
 
+@covers("Embed", "reference")
 def test_embed_matches_torch():
     idx = np.array([[3, 0], [1, 3], [4, 4]], np.float32)
     layer, bottoms, tops = run_layer(f'type: "Embed" embed_param {{ input_dim: 5 num_output: 2 {GAUSS} }}', [idx])
@@ -189,6 +171,8 @@ def test_embed_matches_torch():
         layer.forward(bottoms, tops)
 
 
+@covers("Concat", "reference")
+@covers("Slice", "reference")
 def test_concat_and_slice_match_torch():
     a, b = rand(2, 3, 2), rand(2, 1, 2, seed=1)
     _, _, tops = run_layer('type: "Concat"', [a, b])
@@ -203,6 +187,7 @@ def test_concat_and_slice_match_torch():
         run_layer('type: "Slice" top: "a" top: "b"', [rand(2, 3)])
 
 
+@covers("Split", "reference")
 def test_split_shares_data_and_sums_diffs():
     x = rand(2, 3)
     layer, bottoms, tops = run_layer('type: "Split" top: "a" top: "b"', [x])
@@ -213,6 +198,8 @@ def test_split_shares_data_and_sums_diffs():
     close(bottoms[0].diff, d1 + d2)
 
 
+@covers("Flatten", "reference")
+@covers("Reshape", "reference")
 def test_flatten_and_reshape_shapes_and_sharing():
     x = rand(2, 3, 4, 5)
     _, bottoms, tops = run_layer('type: "Flatten"', [x])
@@ -255,6 +242,7 @@ def test_reshape_at_test_phase_copies_diff_back():
     close(bottoms[0].diff, dy.reshape(2, 6))
 
 
+@covers("Eltwise", "reference")
 def test_eltwise_matches_closed_forms():
     a, b, c = rand(2, 3), rand(2, 3, seed=1), rand(2, 3, seed=2)
     sum_text = 'type: "Eltwise" eltwise_param { coeff: 1 coeff: -0.5 coeff: 2 }'
@@ -281,6 +269,7 @@ def test_eltwise_max_ties_follow_caffe():
     assert [float(b.diff.sum()) for b in bottoms] == [0.0, 3.0, 0.0]
 
 
+@covers("Tile", "reference")
 def test_tile_matches_torch():
     x = rand(2, 3, 2)
     layer, bottoms, tops = run_layer('type: "Tile" tile_param { axis: 1 tiles: 3 }', [x])
@@ -293,6 +282,7 @@ def test_tile_matches_torch():
     close(bottoms[0].diff, tx.grad)
 
 
+@covers("Reduction", "reference")
 @pytest.mark.parametrize("op,axis,coeff", [("SUM", 0, 1.0), ("ASUM", 1, 2.0), ("SUMSQ", 2, 0.5), ("MEAN", 1, -1.0)])
 def test_reduction_matches_torch(op, axis, coeff):
     x = rand(2, 3, 4)
@@ -310,6 +300,7 @@ def test_reduction_matches_torch(op, axis, coeff):
     close(bottoms[0].diff, tx.grad)
 
 
+@covers("ArgMax", "reference")
 def test_argmax_matches_topk():
     x = distinct(2, 3, 4, seed=2)
     _, _, tops = run_layer('type: "ArgMax" argmax_param { top_k: 2 }', [x])
@@ -332,6 +323,7 @@ def test_argmax_matches_topk():
         run_layer('type: "ArgMax" argmax_param { top_k: 5 axis: 1 }', [x])
 
 
+@covers("Softmax", "reference")
 @pytest.mark.parametrize("axis", [1, 2, -1])
 def test_softmax_matches_torch(axis):
     x = rand(2, 3, 4, low=-20, high=20)
@@ -350,6 +342,7 @@ def test_softmax_is_stable_for_large_inputs():
     close(tops[0].data, [[0.5, 0.5, 0.0]])
 
 
+@covers("BatchNorm", "reference")
 def test_batchnorm_train_matches_torch_and_caffe_running_stats():
     x = rand(4, 3, 2, 2, low=-2, high=3)
     layer, bottoms, tops = run_layer('type: "BatchNorm"', [x], phase="TRAIN")
@@ -390,6 +383,7 @@ def test_batchnorm_zero_scale_factor_means_zero_stats():
     assert not layer.use_global_stats
 
 
+@covers("MVN", "reference")
 def test_mvn_matches_closed_form():
     x = rand(2, 3, 4, 5, low=-2, high=2)
     for body, axes in (("", (2, 3)), ("mvn_param { across_channels: true }", (1, 2, 3))):
@@ -406,6 +400,8 @@ def test_mvn_matches_closed_form():
     close(tops[0].data, x - x.mean(axis=(2, 3), keepdims=True), atol=1e-6)
 
 
+@covers("Scale", "reference")
+@covers("Bias", "reference")
 def test_scale_and_bias_match_closed_forms():
     x, s, b = rand(2, 3, 4), rand(3, 4, seed=1), rand(3, 4, seed=2)
     layer, bottoms, tops = run_layer('type: "Scale" scale_param { num_axes: -1 bias_term: true }', [x])
@@ -424,6 +420,7 @@ def test_scale_and_bias_match_closed_forms():
         run_layer('type: "Scale"', [x, rand(4, seed=3)])
 
 
+@covers("Dropout", "reference")
 def test_dropout_statistics_and_test_phase():
     x = np.ones((200, 50), np.float32)
     layer, bottoms, tops = run_layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 }', [x])
@@ -437,6 +434,7 @@ def test_dropout_statistics_and_test_phase():
     close(tops[0].data, rand(3, 4))
 
 
+@covers("Silence", "reference", "gradient")  # its gradient is zero: checked in closed form
 def test_silence_zeroes_diffs():
     layer, bottoms, tops = run_layer('type: "Silence"', [rand(2, 3), rand(4)], num_tops=0)
     for b in bottoms:
@@ -445,6 +443,7 @@ def test_silence_zeroes_diffs():
     assert not bottoms[0].diff.any() and (bottoms[1].diff == 5.0).all()
 
 
+@covers("Filter", "reference")
 def test_filter_selects_items():
     x, y, sel = rand(4, 3), rand(4, 2), np.array([[0], [1], [0], [1]], np.float32)
     layer, bottoms, tops = run_layer('type: "Filter" top: "a" top: "b"', [x, y, sel])
@@ -458,6 +457,7 @@ def test_filter_selects_items():
     close(bottoms[0].diff, expected)
 
 
+@covers("BatchReindex", "reference")
 def test_batch_reindex_matches_index_select():
     x, idx = rand(3, 2), np.array([2, 2, 0], np.float32)
     layer, bottoms, tops = run_layer('type: "BatchReindex"', [x, idx])
@@ -470,6 +470,7 @@ def test_batch_reindex_matches_index_select():
     close(bottoms[0].diff, tx.grad)
 
 
+@covers("Parameter", "reference")
 def test_parameter_exposes_its_blob():
     layer, bottoms, tops = run_layer('type: "Parameter" parameter_param { shape { dim: 2 dim: 2 } }', [])
     assert tops[0].shape == (2, 2) and not tops[0].data.any()
@@ -557,21 +558,6 @@ def test_layer_param_names():
 
 # ---- GPU ---------------------------------------------------------------------------------
 
-GPU_CASES = [c for c in GRADIENT_CASES if c[0] != "dropout"] + [  # GPU masks come from cupy's generator
-    ("argmax", 'type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', [distinct(2, 3, 4)], {}),
-    ("argmax-axis", 'type: "ArgMax" argmax_param { axis: 1 }', [distinct(2, 3, 4)], {}),
-    ("batchnorm-test", 'type: "BatchNorm"', [rand(3, 2, 3, 2)], {"phase": "TEST"}),
-    ("silence", 'type: "Silence"', [rand(2, 3)], {"num_tops": 0}),
-]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("text,bottoms,kwargs", [c[1:] for c in GPU_CASES], ids=[c[0] for c in GPU_CASES])
-def test_gpu_matches_cpu(text, bottoms, kwargs):
-    options = {k: v for k, v in kwargs.items() if k in ("phase", "num_tops")}
-    compare_devices(text, bottoms, **options)
-
-
 def test_batchnorm_masks_its_statistics_from_the_solver():
     layer, _, _ = run_layer('type: "BatchNorm"', [rand(2, 3)])
     assert [spec.lr_mult for spec in layer.param.param] == [0.0, 0.0, 0.0]
@@ -581,6 +567,7 @@ def test_batchnorm_masks_its_statistics_from_the_solver():
         run_layer('type: "BatchNorm" param { lr_mult: 1 }', [rand(2, 3)])
 
 
+@covers("Dropout", "gpu")
 @pytest.mark.gpu
 def test_gpu_dropout_mask_statistics():
     x = rand(200, 50, low=0.5, high=1.5)

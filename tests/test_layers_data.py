@@ -6,22 +6,13 @@ import threading
 import h5py
 import numpy as np
 import pytest
-from gradcheck import make_layer, run_layer
+from gradcheck import covers, make_layer, run_layer
 
 from dlsoft import random as dl_random
 from dlsoft.backend import parse_device, to_numpy
 from dlsoft.blob import Blob
 from dlsoft.data.lmdb_io import LMDBWriter, array_to_datum
 from dlsoft.errors import DataError, DlsoftError
-
-COVERS = {
-    "Data": {"reference"},
-    "ImageData": {"reference"},
-    "HDF5Data": {"reference"},
-    "MemoryData": {"reference"},
-    "DummyData": {"reference"},
-}
-
 
 def fashion(shared_caffe):
     return shared_caffe / "reference" / "fashion_lenet" / "test100_lmdb"
@@ -32,6 +23,7 @@ def data_text(source, batch=64, extra=""):
             f'data_param {{ source: "{source}" backend: LMDB batch_size: {batch} }}')
 
 
+@covers("Data", "reference")
 def test_data_layer_reads_caffe_lmdb_in_order(shared_caffe):
     layer, _, tops = run_layer(data_text(fashion(shared_caffe), extra="transform_param { scale: 0.00390625 }"),
                                [], phase="TEST", num_tops=2)
@@ -118,6 +110,7 @@ def test_builtin_digits_through_prefetch():
     layer.close()
 
 
+@covers("ImageData", "reference")
 def test_imagedata_layer_values_and_errors(tmp_path):
     from PIL import Image
     rng = np.random.default_rng(0)
@@ -166,6 +159,7 @@ def write_h5(path, data, label):
         f["label"] = label
 
 
+@covers("HDF5Data", "reference")
 def test_hdf5data_reads_files_in_order(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     data = rng.standard_normal((7, 2, 3)).astype(np.float32)
@@ -189,6 +183,7 @@ def test_hdf5data_reads_files_in_order(tmp_path, monkeypatch):
         run_layer(text.replace('top: "label"', 'top: "labels"'), [])
 
 
+@covers("MemoryData", "reference")
 def test_memorydata_layer():
     text = 'type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 channels: 1 height: 2 width: 3 }'
     layer, tops = make_layer(text), [Blob(), Blob()]
@@ -208,6 +203,7 @@ def test_memorydata_layer():
         layer.set_input_arrays(data[:3], np.zeros(3))
 
 
+@covers("DummyData", "reference")
 def test_dummydata_layer():
     text = ('type: "DummyData" top: "a" top: "b" dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 4 } '
             'data_filler { type: "constant" value: 1.5 } data_filler { type: "uniform" min: 2 max: 3 } }')
@@ -236,6 +232,8 @@ def test_prefetch_depth_legacy_transform_fields_and_rand_skip(shared_caffe):
     reference.close()
 
 
+@covers("Data", "gpu")
+@covers("DummyData", "gpu")
 @pytest.mark.gpu
 @pytest.mark.parametrize("text", [
     ('type: "Data" transform_param { scale: 0.00390625 mirror: true crop_size: 24 } '

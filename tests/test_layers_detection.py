@@ -11,14 +11,10 @@ import pytest
 
 from dlsoft.errors import NetDefinitionError
 from dlsoft.layers.detection import decode_boxes
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
-COVERS = {
-    "Normalize": {"gradient", "reference"},
-    "Permute": {"gradient", "reference"},
-    "PriorBox": {"reference"},
-    "DetectionOutput": {"reference"},
-}
+#: Layers the gpu tests below run through helpers (test_cupy_api.py checks every layer has a GPU case).
+GPU_COVERS = {"Normalize", "Permute", "PriorBox", "DetectionOutput"}
 
 RNG = np.random.default_rng(0)
 X = RNG.uniform(-1, 1, (2, 3, 2, 3)).astype(np.float32)
@@ -32,6 +28,7 @@ def normalize_text(across_spatial, channel_shared):
             'scale_filler { type: "uniform" min: 1 max: 3 } }')
 
 
+@covers("Normalize", "reference")
 @pytest.mark.parametrize("across_spatial", [True, False])
 @pytest.mark.parametrize("channel_shared", [True, False])
 def test_normalize_closed_form(across_spatial, channel_shared):
@@ -48,6 +45,7 @@ def test_normalize_default_scale_is_one():
     np.testing.assert_allclose(np.sqrt((top.data ** 2).sum(axis=(1, 2, 3))), 1.0, rtol=1e-5)
 
 
+@covers("Normalize", "gradient")
 @pytest.mark.parametrize("across_spatial", [True, False])
 @pytest.mark.parametrize("channel_shared", [True, False])
 def test_normalize_gradient(across_spatial, channel_shared):
@@ -56,6 +54,7 @@ def test_normalize_gradient(across_spatial, channel_shared):
 
 # ---- Permute --------------------------------------------------------------------------
 
+@covers("Permute", "reference")
 def test_permute_is_transpose():
     _, _, (top,) = run_layer('type: "Permute" permute_param { order: 0 order: 2 order: 3 order: 1 }', [X])
     np.testing.assert_array_equal(top.data, X.transpose(0, 2, 3, 1))
@@ -66,6 +65,7 @@ def test_permute_fills_missing_axes_in_order():
     np.testing.assert_array_equal(top.data, X.transpose(2, 0, 1, 3))
 
 
+@covers("Permute", "gradient")
 def test_permute_gradient():
     check_gradient('type: "Permute" permute_param { order: 0 order: 3 order: 1 order: 2 }', [X])
 
@@ -91,6 +91,7 @@ def priorbox_reference(layer_h, layer_w, img_h, img_w, min_size, max_size, ratio
     return np.array(boxes)
 
 
+@covers("PriorBox", "reference")
 def test_priorbox_closed_form():
     text = ('type: "PriorBox" prior_box_param { min_size: 2 max_size: 8 aspect_ratio: 2 aspect_ratio: 2 '
             'flip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 }')
@@ -128,6 +129,7 @@ def detection_bottoms(conf=CONF, loc=None, num=1):
     return [loc, np.tile(conf.reshape(1, -1), (num, 1)), prior]
 
 
+@covers("DetectionOutput", "reference")
 def test_detection_output_nms_and_ordering():
     _, _, (top,) = run_layer(detection_text(), detection_bottoms())
     a, b, c = PRIORS
@@ -168,12 +170,16 @@ def test_detection_output_checks_prior_count():
         run_layer(detection_text(), bottoms)
 
 
+@covers("Normalize", "gpu")
 @pytest.mark.gpu
 @pytest.mark.parametrize("channel_shared", [True, False])
 def test_normalize_gpu_matches_cpu(channel_shared):
     compare_devices(normalize_text(False, channel_shared), [X])
 
 
+@covers("Permute", "gpu")
+@covers("PriorBox", "gpu")
+@covers("DetectionOutput", "gpu")
 @pytest.mark.gpu
 def test_detection_layers_gpu_match_cpu():
     compare_devices('type: "Permute" permute_param { order: 0 order: 2 order: 3 order: 1 }', [X])

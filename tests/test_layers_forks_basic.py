@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
-COVERS = {name: {"gradient", "reference"} for name in (
-    "ConvolutionDepthwise", "ShuffleChannel", "Axpy", "SeLu", "SeLuDropout")}
 #: Reached by gpu tests through the DW template (test_cupy_api looks for the type's name).
 GPU_COVERS = ("ConvolutionDepthwise",)
 
@@ -60,6 +58,7 @@ DW = ('type: "ConvolutionDepthwise" convolution_param {{ num_output: {n} group: 
       'weight_filler {{ type: "gaussian" std: 0.5 }} bias_filler {{ type: "gaussian" std: 0.5 }} }}')
 
 
+@covers("ConvolutionDepthwise", "reference")
 @pytest.mark.parametrize("extra, kwargs", [
     ("kernel_size: 3 pad: 1", dict(padding=1)),
     ("kernel_size: 3 stride: 2", dict(stride=2)),
@@ -102,16 +101,19 @@ def test_depthwise_agrees_with_opencv(tmp_path):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@covers("ConvolutionDepthwise", "gradient")
 def test_depthwise_gradient():
     check_gradient(DW.format(n=3, extra="kernel_size: 3 pad: 1 stride: 2"), [normal((2, 3, 5, 6))])
 
 
+@covers("ConvolutionDepthwise", "gpu")
 @pytest.mark.gpu
 def test_depthwise_gpu_matches_cpu():
     compare_devices(DW.format(n=4, extra="kernel_size: 3 pad: 1"), [normal((2, 4, 6, 6))])
 
 
 # ---- ShuffleChannel -------------------------------------------------------------------------
+@covers("ShuffleChannel", "reference")
 def test_shuffle_channel_closed_form_and_inverse():
     x = normal((2, 6, 3, 4))
     layer, bottoms, tops = run_layer('type: "ShuffleChannel" shuffle_channel_param { group: 3 }', [x])
@@ -138,10 +140,12 @@ def test_shuffle_channel_group_must_divide_channels():
         run_layer('type: "ShuffleChannel" shuffle_channel_param { group: 4 }', [normal((1, 6, 2, 2))])
 
 
+@covers("ShuffleChannel", "gradient")
 def test_shuffle_channel_gradient():
     check_gradient('type: "ShuffleChannel" shuffle_channel_param { group: 2 }', [normal((2, 4, 2, 3))])
 
 
+@covers("ShuffleChannel", "gpu")
 @pytest.mark.gpu
 def test_shuffle_channel_gpu_matches_cpu():
     compare_devices('type: "ShuffleChannel" shuffle_channel_param { group: 2 }', [normal((2, 4, 3, 3))])
@@ -152,6 +156,7 @@ def axpy_inputs(seed=0):
     return [normal((2, 3, 1, 1), seed), normal((2, 3, 4, 5), seed + 1), normal((2, 3, 4, 5), seed + 2)]
 
 
+@covers("Axpy", "reference")
 def test_axpy_closed_form():
     a, x, y = axpy_inputs()
     layer, bottoms, tops = run_layer('type: "Axpy"', [a, x, y])
@@ -171,16 +176,19 @@ def test_axpy_accepts_a_two_axis_scale_and_refuses_a_wrong_one():
         run_layer('type: "Axpy"', [normal((2, 4)), x, y])
 
 
+@covers("Axpy", "gradient")
 def test_axpy_gradient():
     check_gradient('type: "Axpy"', axpy_inputs(seed=5))
 
 
+@covers("Axpy", "gpu")
 @pytest.mark.gpu
 def test_axpy_gpu_matches_cpu():
     compare_devices('type: "Axpy"', axpy_inputs(seed=7))
 
 
 # ---- SeLu ------------------------------------------------------------------------------------
+@covers("SeLu", "reference")
 def test_selu_matches_torch():
     torch = pytest.importorskip("torch")
     x = normal((3, 4, 5), seed=1) * 2
@@ -201,10 +209,12 @@ def test_selu_parameters_and_in_place():
     np.testing.assert_allclose(tops[0].data, expected, rtol=1e-6, atol=1e-7)
 
 
+@covers("SeLu", "gradient")
 def test_selu_gradient():
     check_gradient('type: "SeLu"', [normal((2, 3, 4), seed=3)], kink=0, kink_range=0.02)
 
 
+@covers("SeLu", "gpu")
 @pytest.mark.gpu
 def test_selu_gpu_matches_cpu():
     compare_devices('type: "SeLu"', [normal((2, 3, 4), seed=4)])
@@ -217,6 +227,7 @@ def selu_dropout_constants(ratio=0.1, alpha=-1.75809934):
     return a, -a * (1 - q) * alpha, alpha
 
 
+@covers("SeLuDropout", "reference")
 def test_selu_dropout_train_closed_form():
     x = normal((4, 50, 50), seed=5)
     layer, bottoms, tops = run_layer('type: "SeLuDropout" selu_dropout_param { dropout_ratio: 0.2 }', [x])
@@ -245,11 +256,13 @@ def test_selu_dropout_ratio_is_validated():
         run_layer('type: "SeLuDropout" selu_dropout_param { dropout_ratio: 1 }', [normal((2, 2))])
 
 
+@covers("SeLuDropout", "gradient")
 def test_selu_dropout_gradient():
     # The mask is redrawn from the same seed at every forward, so finite differences see one mask.
     check_gradient('type: "SeLuDropout" selu_dropout_param { dropout_ratio: 0.3 }', [normal((3, 8), seed=7)])
 
 
+@covers("SeLuDropout", "gpu")
 @pytest.mark.gpu
 def test_selu_dropout_gpu_matches_cpu():
     compare_devices('type: "SeLuDropout"', [normal((3, 8), seed=8)], phase="TEST")

@@ -5,11 +5,9 @@ import numpy as np
 import pytest
 
 from dlsoft.errors import NetDefinitionError
-from gradcheck import run_layer
+from gradcheck import covers, run_layer
 
-COVERS = {"Input": {"reference"}}
-
-
+@covers("Input", "reference")
 def test_input_shapes_one_per_top():
     _, _, tops = run_layer('type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } }', [])
     assert [t.shape for t in tops] == [(2, 3), (2,)]

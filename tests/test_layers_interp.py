@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
 from dlsoft.errors import NetDefinitionError
-
-COVERS = {"Interp": {"gradient", "reference"}}
 
 
 def normal(shape, seed=0):
@@ -21,6 +19,7 @@ def torch_resize(x, size):
                                            align_corners=True).numpy()
 
 
+@covers("Interp", "reference")
 @pytest.mark.parametrize("params, size", [
     ("zoom_factor: 3", (13, 10)),                       # in + (in - 1)·(z - 1)
     ("shrink_factor: 2", (3, 2)),                       # (in - 1)/s + 1
@@ -91,10 +90,12 @@ def test_interp_agrees_with_opencv(tmp_path):
     np.testing.assert_allclose(ours, reference.forward(), rtol=1e-4, atol=1e-5)
 
 
+@covers("Interp", "gradient")
 def test_interp_gradient():
     check_gradient('type: "Interp" interp_param { zoom_factor: 2 pad_beg: -1 }', [normal((2, 2, 4, 5), seed=5)])
 
 
+@covers("Interp", "gpu")
 @pytest.mark.gpu
 def test_interp_gpu_matches_cpu():
     compare_devices('type: "Interp" interp_param { height: 7 width: 3 }', [normal((2, 2, 4, 5), seed=6)])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import LayerCase, case_tests, check_gradient, covers, run_layer
 
 from dlsoft.errors import NetDefinitionError
 from dlsoft.layers.kernels import SOURCES as KERNEL_SOURCES
@@ -11,11 +11,6 @@ from dlsoft.netdef.io import write_blob
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-
-COVERS = {name: {"gradient", "reference"} for name in (
-    "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "ContrastiveLoss",
-    "InfogainLoss", "MultinomialLogisticLoss")}
-COVERS["Accuracy"] = {"reference"}
 
 RNG = np.random.default_rng(0)
 SCORES = RNG.standard_normal((4, 5, 2, 3)).astype(np.float32)
@@ -51,6 +46,7 @@ def torch_softmax_loss(x, labels, ignore, mode):
     return torch_loss(fn, x)
 
 
+@covers("SoftmaxWithLoss", "reference")
 @pytest.mark.parametrize("mode", ["VALID", "FULL", "BATCH_SIZE", "NONE"])
 @pytest.mark.parametrize("ignore", [True, False])
 def test_softmax_loss_matches_torch(mode, ignore):
@@ -98,6 +94,7 @@ def test_softmax_loss_label_out_of_range_is_an_error():
         run_layer('type: "SoftmaxWithLoss"', [SCORES, np.full((4, 1, 2, 3), 7, np.float32)])
 
 
+@covers("SoftmaxWithLoss", "gradient")
 @pytest.mark.parametrize("param", ["", "loss_param { ignore_label: -1 normalization: FULL }",
                                    "loss_param { ignore_label: -1 normalization: NONE }"])
 def test_softmax_loss_gradient(param):
@@ -106,6 +103,7 @@ def test_softmax_loss_gradient(param):
 
 
 # ---- EuclideanLoss ---------------------------------------------------------------------------
+@covers("EuclideanLoss", "reference")
 def test_euclidean_loss_matches_torch():
     a, b = RNG.standard_normal((2, 4, 3, 3)).astype(np.float32)
     value, grads, _ = loss_and_grad('type: "EuclideanLoss"', [a, b])
@@ -115,6 +113,7 @@ def test_euclidean_loss_matches_torch():
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 
+@covers("EuclideanLoss", "gradient")
 def test_euclidean_loss_gradient():
     a, b = RNG.standard_normal((2, 3, 4)).astype(np.float32)
     check_gradient('type: "EuclideanLoss"', [a, b])
@@ -126,6 +125,7 @@ TARGETS[0, :3] = -1
 LOGITS = (3 * RNG.standard_normal((4, 6))).astype(np.float32)
 
 
+@covers("SigmoidCrossEntropyLoss", "reference")
 @pytest.mark.parametrize("param,ignore,mode", [
     ("", False, "BATCH_SIZE"), ("loss_param { ignore_label: -1 }", True, "BATCH_SIZE"),
     ("loss_param { ignore_label: -1 normalization: VALID }", True, "VALID"),
@@ -146,6 +146,7 @@ def test_sigmoid_cross_entropy_matches_torch(param, ignore, mode):
     np.testing.assert_allclose(grads[0], want_grads[0], rtol=1e-4, atol=1e-6)
 
 
+@covers("SigmoidCrossEntropyLoss", "gradient")
 def test_sigmoid_cross_entropy_gradient():
     check_gradient('type: "SigmoidCrossEntropyLoss" loss_param { ignore_label: -1 }', [LOGITS, TARGETS],
                    check_bottoms=[0])
@@ -168,6 +169,7 @@ def hinge_reference(x, labels, squared):
     return total / x.shape[0], grad / x.shape[0]
 
 
+@covers("HingeLoss", "reference")
 @pytest.mark.parametrize("norm", ["L1", "L2"])
 def test_hinge_loss_closed_form(norm):
     value, grads, _ = loss_and_grad(f'type: "HingeLoss" hinge_loss_param {{ norm: {norm} }}',
@@ -189,6 +191,7 @@ def test_hinge_l1_matches_torch_relu_form():
     np.testing.assert_allclose(grads[0], want_grads[0], rtol=1e-4, atol=1e-6)
 
 
+@covers("HingeLoss", "gradient")
 @pytest.mark.parametrize("norm", ["L1", "L2"])
 def test_hinge_loss_gradient(norm):
     x = HINGE_X.copy()
@@ -202,6 +205,7 @@ PAIR_B = RNG.uniform(-0.5, 0.5, (6, 3, 1, 1)).astype(np.float32)
 SIMILAR = np.array([1, 0, 1, 0, 0, 1], np.float32)
 
 
+@covers("ContrastiveLoss", "reference")
 @pytest.mark.parametrize("legacy", [False, True])
 def test_contrastive_loss_closed_form(legacy):
     margin = 1.5
@@ -221,6 +225,7 @@ def test_contrastive_loss_closed_form(legacy):
     assert grads[2] is None
 
 
+@covers("ContrastiveLoss", "gradient")
 @pytest.mark.parametrize("legacy", ["false", "true"])
 def test_contrastive_loss_gradient(legacy):
     check_gradient(f'type: "ContrastiveLoss" contrastive_loss_param {{ margin: 1.5 legacy_version: {legacy} }}',
@@ -249,6 +254,7 @@ def infogain_reference(x, labels, h, ignore=None, normalize_by=None):
     return total / divisor, grad / divisor
 
 
+@covers("InfogainLoss", "reference")
 def test_infogain_loss_with_h_bottom_closed_form():
     value, grads, _ = loss_and_grad('type: "InfogainLoss" loss_param { ignore_label: -1 }', [SCORES, LABELS, H],
                                     loss_weight=1.0)
@@ -282,6 +288,7 @@ def test_infogain_needs_a_matrix():
         run_layer('type: "InfogainLoss"', [SCORES, LABELS])
 
 
+@covers("InfogainLoss", "gradient")
 def test_infogain_loss_gradient():
     check_gradient('type: "InfogainLoss" loss_param { ignore_label: -1 }', [SCORES[:2], LABELS[:2], H],
                    check_bottoms=[0])
@@ -292,6 +299,7 @@ PROBS = RNG.uniform(0.05, 1, (5, 4)).astype(np.float32)
 PROBS /= PROBS.sum(1, keepdims=True)
 
 
+@covers("MultinomialLogisticLoss", "reference")
 def test_multinomial_logistic_loss_matches_torch_nll():
     labels = HINGE_LABELS
     value, grads, _ = loss_and_grad('type: "MultinomialLogisticLoss"', [PROBS, labels])
@@ -307,6 +315,7 @@ def test_multinomial_logistic_loss_clamps_zero_probability():
     assert grads[0][0, 1] == pytest.approx(-1e20, rel=1e-5)
 
 
+@covers("MultinomialLogisticLoss", "gradient")
 def test_multinomial_logistic_loss_gradient():
     check_gradient('type: "MultinomialLogisticLoss"', [PROBS, HINGE_LABELS], check_bottoms=[0], stepsize=1e-3)
 
@@ -328,6 +337,7 @@ def accuracy_reference(scores, labels, top_k, ignore=None):
     return hits.sum() / max(counts.sum(), 1), per_class
 
 
+@covers("Accuracy", "reference")
 @pytest.mark.parametrize("top_k", [1, 2, 4])
 @pytest.mark.parametrize("ignore", [False, True])
 def test_accuracy_closed_form(top_k, ignore):
@@ -380,7 +390,6 @@ GPU_CASES = [
 ]
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("text,bottoms", GPU_CASES, ids=[c[0].split('"')[1] + str(i) for i, c in enumerate(GPU_CASES)])
-def test_gpu_matches_cpu(text, bottoms):
-    compare_devices(text, bottoms)
+# The GPU against the CPU, case by case.
+CASES = [LayerCase(text, bottoms, gpu=True) for text, bottoms in GPU_CASES]
+globals().update(case_tests(CASES))

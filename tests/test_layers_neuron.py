@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, make_layer, run_layer
+from gradcheck import LayerCase, case_tests, check_gradient, compare_devices, covers, make_layer, run_layer
 
 from dlsoft import random as dl_random
 from dlsoft.backend import CPU
@@ -12,11 +12,6 @@ from dlsoft.layers import neuron
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-
-COVERS = {name: {"gradient", "reference"} for name in (
-    "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Swish", "Clip")}
-COVERS["Threshold"] = {"reference"}
-
 
 def data(shape=(2, 3, 4, 5), seed=0, low=-3.0, high=3.0, away_from=None):
     x = np.random.default_rng(seed).uniform(low, high, size=shape).astype(np.float32)
@@ -28,14 +23,6 @@ def data(shape=(2, 3, 4, 5), seed=0, low=-3.0, high=3.0, away_from=None):
 
 def pos_data(shape=(2, 3, 4, 5), seed=0):
     return data(shape, seed, 0.5, 3.0)
-
-
-def torch_reference(fn, x, w):
-    """fn(x) and d(sum(w * fn(x)))/dx computed by torch in float64."""
-    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    y = fn(tx)
-    (y * torch.tensor(w, dtype=torch.float64)).sum().backward()
-    return y.detach().numpy(), tx.grad.numpy()
 
 
 def run_forward_backward(text, x, w, in_place=False, num_params=None):
@@ -79,14 +66,11 @@ ELEMENTWISE_CASES = [
 ]
 IDS = [text.split('"')[1] + str(i) for i, (text, _, _) in enumerate(ELEMENTWISE_CASES)]
 
-
-@pytest.mark.parametrize("text,fn,x", ELEMENTWISE_CASES, ids=IDS)
-def test_forward_backward_match_torch(text, fn, x):
-    w = np.random.default_rng(1).uniform(-1, 1, size=x.shape).astype(np.float32)
-    want_y, want_dx = torch_reference(fn, x, w)
-    y, dx, _ = run_forward_backward(text, x, w)
-    np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-6)
+# Each: forward and backward against torch (float64), the gradient check on a corner of
+# the input, and the GPU against the CPU.
+CASES = [LayerCase(text, [x], torch=fn, gradient={"bottoms": [x[:1, :2]]}, gpu=True)
+         for text, fn, x in ELEMENTWISE_CASES]
+globals().update(case_tests(CASES))
 
 
 @pytest.mark.parametrize("text,fn,x", ELEMENTWISE_CASES, ids=IDS)
@@ -98,11 +82,7 @@ def test_in_place_equals_separate_blobs(text, fn, x):
     np.testing.assert_allclose(dx_in, dx, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("text,fn,x", ELEMENTWISE_CASES, ids=IDS)
-def test_gradient(text, fn, x):
-    check_gradient(text, [x[:1, :2]])
-
-
+@covers("PReLU", "reference")
 @pytest.mark.parametrize("shared", [False, True])
 def test_prelu_matches_torch_including_slope_gradient(shared):
     x = data((2, 3, 4, 5), away_from=[0])
@@ -129,6 +109,7 @@ def test_prelu_default_slope_is_a_quarter():
     np.testing.assert_array_equal(tops[0].data, -1)
 
 
+@covers("PReLU", "gradient")
 @pytest.mark.parametrize("shared", ["false", "true"])
 def test_prelu_gradient(shared):
     text = f'type: "PReLU" prelu_param {{ channel_shared: {shared} filler {{ type: "gaussian" std: 0.5 }} }}'
@@ -140,6 +121,7 @@ def test_relu_gradient_skipping_the_kink():
     check_gradient('type: "AbsVal"', [data((2, 3, 3), seed=5)], kink=0, kink_range=0.02)
 
 
+@covers("Threshold", "reference")
 def test_threshold_closed_form_and_no_backward():
     x = np.array([[-1, 0.2, 0.5, 0.7, 3]], np.float32)
     _, _, tops = run_layer('type: "Threshold" threshold_param { threshold: 0.5 }', [x])
@@ -194,12 +176,8 @@ def test_kernel_bodies_compile_with_nvrtc():
             raise AssertionError(f"{name}: {nvrtc.getProgramLog(program)}") from None
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("text,fn,x", ELEMENTWISE_CASES, ids=IDS)
-def test_gpu_matches_cpu(text, fn, x):
-    compare_devices(text, [x])
-
-
+@covers("PReLU", "gpu")
+@covers("Threshold", "gpu")
 @pytest.mark.gpu
 @pytest.mark.parametrize("text", ['type: "PReLU"', 'type: "PReLU" prelu_param { channel_shared: true }',
                                   'type: "Threshold" threshold_param { threshold: 0.3 }'])

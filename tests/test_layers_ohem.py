@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
-COVERS = {"SoftmaxWithLossOHEM": {"gradient", "reference"}, "SmoothL1LossOHEM": {"gradient", "reference"},
-          "BoxAnnotatorOHEM": {"reference"}}
 
 
 def rng(seed=0):
@@ -28,6 +26,7 @@ GPU_COVERS = ("SoftmaxWithLossOHEM",)
 SOFTMAX_OHEM = 'type: "SoftmaxWithLossOHEM" top: "loss" top: "prob" top: "per_roi" loss_param { ignore_label: -1 }'
 
 
+@covers("SoftmaxWithLossOHEM", "reference")
 def test_softmax_ohem_per_region_loss_matches_torch():
     torch = pytest.importorskip("torch")
     scores, labels = softmax_inputs()
@@ -41,6 +40,7 @@ def test_softmax_ohem_per_region_loss_matches_torch():
     np.testing.assert_allclose(tops[1].data.sum(axis=1), 1, rtol=1e-5)
 
 
+@covers("SoftmaxWithLossOHEM", "gradient")
 def test_softmax_ohem_gradient():
     check_gradient(SOFTMAX_OHEM, list(softmax_inputs(seed=1)),
                    check_bottoms=[0], top_indices=[0])
@@ -54,6 +54,7 @@ def smooth_inputs(seed=0, weights=True):
     return [x, t, w] if weights else [x, t]
 
 
+@covers("SmoothL1LossOHEM", "reference")
 @pytest.mark.parametrize("normalization, divisor", [("", 5), ("loss_param { normalization: PRE_FIXED pre_fixed_normalizer: 128 }", 128),
                                                     ("loss_param { normalization: NONE }", 1)])
 def test_smooth_l1_ohem_matches_torch(normalization, divisor):
@@ -71,10 +72,12 @@ def test_smooth_l1_ohem_matches_torch(normalization, divisor):
     np.testing.assert_allclose(bottoms[0].diff, xt.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
+@covers("SmoothL1LossOHEM", "gradient")
 def test_smooth_l1_ohem_gradient():
     check_gradient('type: "SmoothL1LossOHEM"', smooth_inputs(seed=2), check_bottoms=[0, 1])
 
 
+@covers("BoxAnnotatorOHEM", "reference")
 def test_box_annotator_keeps_the_hardest_regions_per_image():
     rois = np.array([[0, 0, 0, 1, 1], [0, 0, 0, 2, 2], [1, 0, 0, 1, 1], [0, 1, 1, 3, 3], [1, 2, 2, 4, 4],
                      [1, 0, 0, 5, 5]], dtype=np.float32)
@@ -90,6 +93,9 @@ def test_box_annotator_keeps_the_hardest_regions_per_image():
     assert not tops[1].data[~kept].any()
 
 
+@covers("SoftmaxWithLossOHEM", "gpu")
+@covers("SmoothL1LossOHEM", "gpu")
+@covers("BoxAnnotatorOHEM", "gpu")
 @pytest.mark.gpu
 def test_ohem_layers_gpu_match_cpu():
     compare_devices(SOFTMAX_OHEM, list(softmax_inputs(seed=3)))

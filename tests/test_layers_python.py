@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from dlsoft.errors import NetDefinitionError
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
-COVERS = {"Python": {"gradient", "reference"}}
+GPU_COVERS = {"Python"}  # test_gpu_matches_cpu builds its text with python_layer()
 
 LAYERS_DIR = Path(__file__).resolve().parent / "data" / "python_layers"
 RNG = np.random.default_rng(0)
@@ -27,6 +27,7 @@ def python_layer(cls, param_str=""):
     return f'type: "Python" python_param {{ module: "my_layers" layer: "{cls}" param_str: "{param_str}" }}'
 
 
+@covers("Python", "reference")
 def test_scale_layer_forward_and_blobs():
     layer, _, (top,) = run_layer(python_layer("LearnableScale", "2.5"), [A])
     assert [b.shape for b in layer.blobs] == [(1,)]
@@ -39,6 +40,7 @@ def test_euclidean_loss_forward():
     np.testing.assert_allclose(top.data[0], ((A - B) ** 2).sum() / 4 / 2, rtol=1e-6)
 
 
+@covers("Python", "gradient")
 def test_scale_layer_gradient():
     check_gradient(python_layer("LearnableScale", "1.5"), [A])
 
@@ -94,6 +96,7 @@ def test_trains_inside_a_net(tmp_path):
     np.testing.assert_allclose(net.params["scale"][0].data, [2.0], atol=0.05)
 
 
+@covers("Python", "gpu")
 @pytest.mark.gpu
 def test_gpu_matches_cpu():
     compare_devices(python_layer("LearnableScale", "1.5"), [A])

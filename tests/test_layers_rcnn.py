@@ -10,11 +10,10 @@ import math
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
 from dlsoft.errors import NetDefinitionError
 
-COVERS = {name: {"gradient", "reference"} for name in ("ROIPooling", "PSROIPooling", "SmoothL1Loss")}
 #: Reached by the gpu test through the ROI_TEXT/PSROI_TEXT templates.
 GPU_COVERS = ("ROIPooling", "PSROIPooling")
 
@@ -78,6 +77,7 @@ ROI_TEXT = 'type: "ROIPooling" roi_pooling_param {{ pooled_h: {ph} pooled_w: {pw
 PSROI_TEXT = 'type: "PSROIPooling" psroi_pooling_param {{ output_dim: {d} group_size: {g} spatial_scale: {s} }}'
 
 
+@covers("ROIPooling", "reference")
 @pytest.mark.parametrize("ph, pw, scale", [(3, 3, 0.5), (2, 4, 1.0), (7, 7, 0.25)])
 def test_roi_pooling_matches_the_loops(ph, pw, scale):
     x = normal((2, 3, 9, 8))
@@ -96,6 +96,7 @@ def test_roi_pooling_backward_routes_to_the_argmax():
     assert set(np.unique(x[hit])) <= set(np.unique(tops[0].data))
 
 
+@covers("ROIPooling", "gradient")
 def test_roi_pooling_gradient():
     check_gradient(ROI_TEXT.format(ph=2, pw=3, s=0.5), [distinct((2, 2, 8, 8)), ROIS], check_bottoms=[0])
 
@@ -126,6 +127,7 @@ def test_roi_pooling_agrees_with_opencv(tmp_path):
     np.testing.assert_allclose(ours, theirs.reshape(ours.shape), rtol=1e-5, atol=1e-6)
 
 
+@covers("PSROIPooling", "reference")
 @pytest.mark.parametrize("dim, g, scale", [(2, 3, 0.5), (1, 2, 1.0), (3, 1, 0.25)])
 def test_psroi_pooling_matches_the_loops(dim, g, scale):
     x = normal((2, dim * g * g, 9, 8), seed=1)
@@ -142,6 +144,7 @@ def test_psroi_pooling_backward_spreads_over_the_bin():
     np.testing.assert_allclose(bottoms[0].diff.sum(), non_empty, rtol=1e-5)
 
 
+@covers("PSROIPooling", "gradient")
 def test_psroi_pooling_gradient():
     check_gradient(PSROI_TEXT.format(d=2, g=2, s=0.5), [normal((2, 8, 8, 8), seed=4), ROIS], check_bottoms=[0])
 
@@ -166,6 +169,8 @@ def test_region_checks():
         run_layer(PSROI_TEXT.format(d=2, g=2, s=1), [normal((1, 7, 4, 4)), ROIS[:1]])
 
 
+@covers("ROIPooling", "gpu")
+@covers("PSROIPooling", "gpu")
 @pytest.mark.gpu
 def test_roi_layers_gpu_match_cpu():
     compare_devices(ROI_TEXT.format(ph=2, pw=2, s=0.5), [distinct((2, 2, 8, 8)), ROIS])
@@ -183,6 +188,7 @@ def smooth_l1_inputs(seed=0, weights=True):
     return [x, t, inside, outside]
 
 
+@covers("SmoothL1Loss", "reference")
 @pytest.mark.parametrize("sigma", [1.0, 3.0])
 def test_smooth_l1_matches_torch(sigma):
     torch = pytest.importorskip("torch")
@@ -214,11 +220,13 @@ def test_smooth_l1_without_weights_and_bad_bottoms():
         run_layer('type: "SmoothL1Loss"', [x, t, x])
 
 
+@covers("SmoothL1Loss", "gradient")
 def test_smooth_l1_gradient():
     check_gradient('type: "SmoothL1Loss" smooth_l1_loss_param { sigma: 2 }', smooth_l1_inputs(seed=3),
                    check_bottoms=[0, 1], kink=None)
 
 
+@covers("SmoothL1Loss", "gpu")
 @pytest.mark.gpu
 def test_smooth_l1_gpu_matches_cpu():
     compare_devices('type: "SmoothL1Loss" smooth_l1_loss_param { sigma: 3 }', smooth_l1_inputs(seed=4))

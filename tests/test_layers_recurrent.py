@@ -5,13 +5,7 @@ import numpy as np
 import pytest
 
 from dlsoft.errors import NetDefinitionError
-from gradcheck import check_gradient, compare_devices, run_layer
-
-COVERS = {
-    "LSTM": {"gradient", "reference"},
-    "RNN": {"gradient", "reference"},
-    "LSTMUnit": {"gradient", "reference"},
-}
+from gradcheck import check_gradient, compare_devices, covers, run_layer
 
 T, N, D, H, S = 3, 2, 3, 4, 2
 FILLERS = 'weight_filler { type: "uniform" min: -0.5 max: 0.5 } bias_filler { type: "uniform" min: -0.5 max: 0.5 }'
@@ -84,6 +78,7 @@ def test_lstm_matches_numpy_with_resets_and_static_input():
     np.testing.assert_allclose(tops[0].data, h, rtol=1e-5, atol=1e-6)
 
 
+@covers("LSTM", "reference")
 def test_lstm_matches_torch_forward_and_backward():
     torch = pytest.importorskip("torch")
     bottoms = inputs(resets=False)  # torch has no resets: cont is 1 except at t = 0
@@ -117,6 +112,7 @@ def test_lstm_matches_torch_forward_and_backward():
     np.testing.assert_allclose(grads[2], lstm.weight_hh_l0.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@covers("RNN", "reference")
 def test_rnn_matches_closed_form_loop():
     bottoms = inputs(static=True)
     layer, _, tops = run_layer(recurrent("RNN"), bottoms)
@@ -156,6 +152,7 @@ def test_expose_hidden_uses_and_returns_states():
     np.testing.assert_allclose(tops[2].data[0], c[-1], rtol=1e-5, atol=1e-6)
 
 
+@covers("LSTMUnit", "reference")
 def test_lstm_unit_matches_closed_form():
     rng = np.random.default_rng(2)
     c_prev = rng.uniform(-1, 1, (1, N, H)).astype(np.float32)
@@ -171,6 +168,8 @@ def test_lstm_unit_matches_closed_form():
 
 # ---- gradients ------------------------------------------------------------------------
 
+@covers("LSTM", "gradient")
+@covers("RNN", "gradient")
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
 def test_gradient_with_resets(kind):
     check_gradient(recurrent(kind), inputs(), check_bottoms=[0])
@@ -191,18 +190,22 @@ def test_gradient_expose_hidden(kind, states):
                    check_bottoms=[0] + [2 + k for k in range(states)])
 
 
+@covers("LSTMUnit", "gradient")
 def test_lstm_unit_gradient():
     rng = np.random.default_rng(4)
     bottoms = [rng.uniform(-1, 1, (1, N, H)), rng.uniform(-2, 2, (1, N, 4 * H)), np.array([[1, 0]])]
     check_gradient('type: "LSTMUnit"', bottoms, num_tops=2, check_bottoms=[0, 1])
 
 
+@covers("LSTM", "gpu")
+@covers("RNN", "gpu")
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
 def test_gpu_matches_cpu(kind):
     compare_devices(recurrent(kind), inputs(static=True))
 
 
+@covers("LSTMUnit", "gpu")
 @pytest.mark.gpu
 def test_lstm_unit_gpu_matches_cpu():
     rng = np.random.default_rng(4)

@@ -3,64 +3,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, compare_devices, run_layer
+import gradcheck
+from gradcheck import (LayerCase, backward_with, case_tests, check_gradient, compare_devices, covers, normal, run_layer,
+                       torch_reference)
 
 from dlsoft.errors import NetDefinitionError
 from dlsoft.layers import convolution
 from dlsoft.layers.pooling import pooled_size
 
-COVERS = {
-    "Convolution": {"gradient", "reference"},
-    "Deconvolution": {"gradient", "reference"},
-    "Pooling": {"gradient", "reference"},
-    "LRN": {"gradient", "reference"},
-    "Crop": {"gradient", "reference"},
-    "Im2col": {"gradient", "reference"},
-}
-
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def normal(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
 def distinct(shape, seed=0):
-    """Values 0.05 apart, so a ±0.01 finite-difference step never changes a max."""
-    rng = np.random.default_rng(seed)
-    return (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.05 - 1).astype(np.float32)
+    """Values 0.05 apart from -1, so a ±0.01 finite-difference step never changes a max."""
+    return gradcheck.distinct(shape, seed=seed, low=-1.0)
 
 
 def conv(num_output=6, extra="", kind="Convolution"):
     return f'type: "{kind}" convolution_param {{ num_output: {num_output} {extra} {FILLERS} }}'
-
-
-def backward_with(layer, bottoms, tops, seed=3):
-    """Run backward with a random top diff; returns that diff (list, one per top)."""
-    rng = np.random.default_rng(seed)
-    weights = [rng.uniform(-1, 1, t.shape).astype(np.float32) for t in tops]
-    for t, w in zip(tops, weights):
-        t.diff[...] = w
-    for blob in layer.blobs:
-        blob.diff[...] = 0
-    layer.backward(tops, [layer.allow_backward_to(i) for i in range(len(bottoms))], bottoms)
-    return weights
-
-
-def torch_reference(fn, x, params=()):
-    """Forward ``fn(x, *params)`` with torch and a function giving (dx, dparams) for a top diff."""
-    torch = pytest.importorskip("torch")
-    tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, *params)]
-    y = fn(*tensors)
-
-    def grads(dy):
-        for t in tensors:
-            t.grad = None
-        (y * torch.tensor(dy, dtype=torch.float64)).sum().backward()
-        return [t.grad.numpy() for t in tensors]
-
-    return y.detach().numpy(), grads
 
 
 def assert_close(actual, expected):
@@ -79,6 +40,7 @@ CONV_CASES = [
 ]
 
 
+@covers("Convolution", "reference")
 @pytest.mark.parametrize("extra, kwargs", CONV_CASES)
 def test_convolution_matches_torch(extra, kwargs):
     torch = pytest.importorskip("torch")
@@ -87,7 +49,7 @@ def test_convolution_matches_torch(extra, kwargs):
     params = [b.data.copy() for b in layer.blobs]
     bias = len(params) > 1
     fn = lambda a, w, *b: torch.nn.functional.conv2d(a, w, b[0] if bias else None, **kwargs)
-    expected, grads = torch_reference(fn, x, params)
+    expected, grads = torch_reference(fn, x, *params)
     assert_close(tops[0].data, expected)
     dy = backward_with(layer, bottoms, tops)[0]
     dx, *dparams = grads(dy)
@@ -96,6 +58,7 @@ def test_convolution_matches_torch(extra, kwargs):
         assert_close(blob.diff, d)
 
 
+@covers("Convolution", "gradient")
 @pytest.mark.parametrize("extra", [case[0] for case in CONV_CASES])
 def test_convolution_gradient(extra):
     check_gradient(conv(4, extra), [normal((2, 4, 6, 5))])
@@ -143,6 +106,7 @@ DECONV_CASES = [
 ]
 
 
+@covers("Deconvolution", "reference")
 @pytest.mark.parametrize("extra, kwargs", DECONV_CASES)
 def test_deconvolution_matches_torch(extra, kwargs):
     torch = pytest.importorskip("torch")
@@ -151,7 +115,7 @@ def test_deconvolution_matches_torch(extra, kwargs):
     assert layer.blobs[0].shape[:2] == (4, 6 // kwargs.get("groups", 1))
     params = [b.data.copy() for b in layer.blobs]
     fn = lambda a, w, b: torch.nn.functional.conv_transpose2d(a, w, b, **kwargs)
-    expected, grads = torch_reference(fn, x, params)
+    expected, grads = torch_reference(fn, x, *params)
     assert tops[0].shape == expected.shape
     assert_close(tops[0].data, expected)
     dx, *dparams = grads(backward_with(layer, bottoms, tops)[0])
@@ -160,6 +124,7 @@ def test_deconvolution_matches_torch(extra, kwargs):
         assert_close(blob.diff, d)
 
 
+@covers("Deconvolution", "gradient")
 @pytest.mark.parametrize("extra", [case[0] for case in DECONV_CASES])
 def test_deconvolution_gradient(extra):
     check_gradient(conv(4, extra, "Deconvolution"), [normal((2, 4, 3, 4))])
@@ -192,6 +157,7 @@ POOL_CASES = [
 ]
 
 
+@covers("Pooling", "reference")
 @pytest.mark.parametrize("extra", POOL_CASES)
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 def test_pooling_matches_torch(method, extra):
@@ -284,6 +250,7 @@ def test_global_pooling(method):
     check_gradient(pool(method, "global_pooling: true"), [x])
 
 
+@covers("Pooling", "gradient")
 @pytest.mark.parametrize("extra", POOL_CASES)
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 def test_pooling_gradient(method, extra):
@@ -304,6 +271,7 @@ def lrn(extra):
     return f'type: "LRN" lrn_param {{ {extra} }}'
 
 
+@covers("LRN", "reference")
 def test_lrn_across_channels_matches_torch():
     torch = pytest.importorskip("torch")
     x = normal((2, 7, 3, 4))
@@ -337,6 +305,7 @@ def test_lrn_within_channel_closed_form_and_torch_backward():
     assert_close(grads(backward_with(layer, bottoms, tops)[0])[0], bottoms[0].diff)
 
 
+@covers("LRN", "gradient")
 @pytest.mark.parametrize("extra", [
     "local_size: 3 alpha: 1 beta: 0.75",
     "local_size: 5 alpha: 0.5 beta: 0.6 k: 2",
@@ -353,6 +322,7 @@ def test_lrn_rejects_even_size():
 
 
 # ---- Crop, Im2col -------------------------------------------------------------------------------
+@covers("Crop", "reference", "gradient")
 def test_crop_reference_and_gradient():
     x, like = normal((2, 3, 7, 6)), np.zeros((1, 1, 4, 3), np.float32)
     _, _, tops = run_layer('type: "Crop" crop_param { offset: 2 offset: 1 }', [x, like])
@@ -364,6 +334,7 @@ def test_crop_reference_and_gradient():
         run_layer('type: "Crop" crop_param { offset: 4 }', [x, like])
 
 
+@covers("Im2col", "reference")
 def test_im2col_matches_torch_unfold():
     torch = pytest.importorskip("torch")
     x = normal((2, 3, 7, 6))
@@ -377,6 +348,7 @@ def test_im2col_matches_torch_unfold():
     assert_close(bottoms[0].diff, grads(dy.reshape(2, 18, -1))[0])
 
 
+@covers("Im2col", "gradient")
 def test_im2col_gradient():
     check_gradient('type: "Im2col" convolution_param { kernel_size: 3 pad: 1 stride: 2 }', [normal((2, 2, 5, 4))])
 
@@ -410,12 +382,12 @@ GPU_CASES = (
 )
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("text, x, num_tops", GPU_CASES)
-def test_gpu_matches_cpu(text, x, num_tops):
-    compare_devices(text, [x], num_tops=num_tops)
+# The GPU against the CPU, case by case.
+CASES = [LayerCase(text, [x], gpu=True, num_tops=num_tops) for text, x, num_tops in GPU_CASES]
+globals().update(case_tests(CASES))
 
 
+@covers("Crop", "gpu")
 @pytest.mark.gpu
 def test_gpu_crop_matches_cpu():
     compare_devices('type: "Crop" crop_param { offset: 1 }', [normal((2, 3, 7, 6)), np.zeros((1, 1, 4, 3), np.float32)])

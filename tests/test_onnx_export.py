@@ -40,20 +40,22 @@ def export_and_compare(net, tmp_path, names=None, batch=None, tolerance=1e-4, **
 REAL_NETS = {
     "lenet": (CAFFE / "examples/mnist/lenet.prototxt", 3, ["ip2", "prob"]),
     "cifar10_quick": (CAFFE / "examples/cifar10/cifar10_quick.prototxt", 2, ["ip2", "prob"]),
+    "caffenet_convolutions": (CAFFE / "models/bvlc_reference_caffenet/deploy.prototxt", 1, ["pool5"]),
     "caffenet": (CAFFE / "models/bvlc_reference_caffenet/deploy.prototxt", 1, ["fc8", "prob"]),
     "googlenet": (CAFFE / "models/bvlc_googlenet/deploy.prototxt", 1, ["loss3/classifier", "prob"]),
     "resnet50": (WILD / "soeaver+caffe-model/cls/resnet/deploy_resnet50.prototxt", 1, ["fc1000", "prob"]),
 }
 
 
-@pytest.mark.parametrize("name", list(REAL_NETS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "caffenet" else name
+                                  for name in REAL_NETS])  # all of CaffeNet: 240 MB of weights, > 15 s
 def test_real_net_matches_onnxruntime(name, tmp_path):
     """The whole net, compared on its output and on the logits (a softmax of random weights
     could hide errors by saturating); batch 1 for the big nets."""
     path, batch, names = REAL_NETS[name]
     with dlsoft.Net(str(_net_file(path)), phase="TEST") as net:
         randomize(net)
-        assert names[-1] in net.outputs
+        assert names[-1] in net.outputs or names == ["pool5"]
         model = export_net(net, tmp_path / "model.onnx", outputs=names)
         onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)
         assert [o.name for o in model.graph.output] == names
@@ -362,7 +364,7 @@ def test_every_layer_type_is_converted_or_refused_with_a_reason():
     assert converted <= set(registered_types())
     # the rest are the Input layer (the graph's inputs), data layers and losses (generic reasons)
     rest = set(registered_types()) - converted - refused - {"Input"}
-    assert all(t.endswith(("Data", "Loss")) for t in rest), rest
+    assert all(t.endswith("Data") or "Loss" in t for t in rest), rest
 
 
 def test_batchnorm_output_wanted_keeps_the_scale_apart(tmp_path):
@@ -373,3 +375,25 @@ layer { name: "relu" type: "ReLU" bottom: "sc" top: "relu" }'''
         randomize(net)
         export_and_compare(net, tmp_path, ["bn", "relu"], cut=True)
         export_and_compare(net, tmp_path, ["bn"], cut=True)
+
+
+def test_fork_layers_depthwise_selu_shuffle_axpy(tmp_path):
+    body = '''layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "selu" type: "SeLu" bottom: "dw" top: "selu" }
+layer { name: "sd" type: "SeLuDropout" bottom: "selu" top: "selu" }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "selu" top: "shuffle" shuffle_channel_param { group: 3 } }
+layer { name: "gap" type: "Pooling" bottom: "shuffle" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "axpy" type: "Axpy" bottom: "gap" bottom: "shuffle" bottom: "selu" top: "axpy" }'''
+    with small_net(body, (2, 6, 9, 8)) as net:
+        randomize(net)
+        export_and_compare(net, tmp_path, ["dw", "selu", "shuffle", "axpy"], cut=True, tolerance=1e-5)
+        export_and_compare(net, tmp_path, ["axpy"], batch=3, cut=True, tolerance=1e-5)
+
+
+def test_interp_align_corners(tmp_path):
+    body = '''layer { name: "up" type: "Interp" bottom: "data" top: "up" interp_param { zoom_factor: 3 } }
+layer { name: "down" type: "Interp" bottom: "data" top: "down" interp_param { shrink_factor: 2 pad_beg: -1 pad_end: -1 } }
+layer { name: "fixed" type: "Interp" bottom: "data" top: "fixed" interp_param { height: 5 width: 11 } }'''
+    with small_net(body, (2, 3, 9, 8)) as net:
+        export_and_compare(net, tmp_path, ["up", "down", "fixed"], cut=True, tolerance=1e-5)

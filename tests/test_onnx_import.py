@@ -48,7 +48,8 @@ def round_trip(net, tmp_path, names, batch=2):
 @pytest.mark.parametrize("path,names", [
     (CAFFE / "examples/mnist/lenet.prototxt", ["ip2", "prob"]),
     (CAFFE / "examples/cifar10/cifar10_quick.prototxt", ["ip2", "prob"]),
-    (CAFFE / "models/bvlc_googlenet/deploy.prototxt", ["loss3/classifier", "prob"]),
+    pytest.param(CAFFE / "models/bvlc_googlenet/deploy.prototxt", ["loss3/classifier", "prob"],
+                 marks=pytest.mark.slow),
     (MOBILENET_SSD, ["conv13"]),
     pytest.param(SHARED / "caffe-wild/soeaver+caffe-model/cls/resnet/deploy_resnet50.prototxt", ["fc1000", "prob"],
                  marks=pytest.mark.slow),
@@ -75,7 +76,8 @@ layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param 
 layer { name: "sum" type: "Eltwise" bottom: "c1" bottom: "c2" top: "sum" }
 layer { name: "max" type: "Eltwise" bottom: "c1" bottom: "sum" top: "max" eltwise_param { operation: MAX } }
 layer { name: "prod" type: "Eltwise" bottom: "c1" bottom: "max" top: "prod" eltwise_param { operation: PROD } }
-layer { name: "leaky" type: "ReLU" bottom: "prod" top: "leaky" relu_param { negative_slope: 0.2 } }
+layer { name: "lrn" type: "LRN" bottom: "prod" top: "lrn" lrn_param { local_size: 3 alpha: 0.5 k: 1.5 } }
+layer { name: "leaky" type: "ReLU" bottom: "lrn" top: "leaky" relu_param { negative_slope: 0.2 } }
 layer { name: "p1" type: "Pooling" bottom: "leaky" top: "p1" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "p2" type: "Pooling" bottom: "leaky" top: "p2" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "cat" type: "Concat" bottom: "p1" bottom: "p2" top: "cat" }

@@ -1,6 +1,7 @@
 """The ``dlsoft`` group: global flags, logging, one-line errors, and the ``command`` decorator."""
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import sys
@@ -100,8 +101,94 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def check_single_dash_flags(command: click.Command, ctx: click.Context, args: list[str]) -> None:
+    """Name an unknown Caffe-style flag whole (``-iterations``), where click would name ``-i``.
+
+    click reads ``-iterations`` as the short option ``-i`` followed by ``terations``; a
+    Caffe user typing a flag that this command lacks should see the flag they typed.
+    """
+    known = {opt for param in command.get_params(ctx) if isinstance(param, click.Option)
+             for opt in (*param.opts, *param.secondary_opts)}
+    takes_value = {opt for param in command.get_params(ctx) if isinstance(param, click.Option)
+                   and not param.is_flag and not param.count for opt in param.opts}
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name in takes_value and "=" not in arg:
+            skip = True
+            continue
+        if not arg.startswith("-") or arg.startswith("--") or len(name) <= 2 or name in known:
+            continue
+        if _is_number(arg) or all(f"-{c}" in known for c in name[1:]):
+            continue  # a negative number, or bundled one-letter flags (-qv)
+        close = difflib.get_close_matches(name.lstrip("-"), [o.lstrip("-") for o in known], n=1, cutoff=0.6)
+        hint = f" (did you mean {next(o for o in known if o.lstrip('-') == close[0])}?)" if close else ""
+        raise click.UsageError(f"no such option: {name}{hint}", ctx=ctx)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class DlsoftCommand(click.Command):
+    """A command that names unknown single-dash flags whole (see :func:`check_single_dash_flags`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        check_single_dash_flags(self, ctx, args)
+        return super().parse_args(ctx, args)
+
+
+#: Caffe's tool names (and their spellings) as dlsoft commands: name -> (command, arguments it implies).
+CAFFE_TOOL_ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "device_query": ("device-query", ()),
+    "convert_imageset": ("convert-imageset", ()),
+    "compute_image_mean": ("compute-mean", ()),
+    "convert_mnist_data": ("convert-mnist", ()),
+    "extract_features": ("extract-features", ()),
+    "upgrade_net_proto_text": ("convert", ("--kind", "net", "--to", "text")),
+    "upgrade_net_proto_binary": ("convert", ("--kind", "net", "--to", "binary", "--with-blobs")),
+    "upgrade_solver_proto_text": ("convert", ("--kind", "solver", "--to", "text")),
+    "draw_net": ("draw", ()),
+    "plot_training_log": ("plot", ()),
+}
+
+
 class DlsoftGroup(click.Group):
-    """A click group whose errors are one line on stderr (exit 2 for user mistakes)."""
+    """A click group whose errors are one line on stderr (exit 2 for user mistakes).
+
+    Caffe's tool names (``device_query``, ``convert_imageset``, ``upgrade_net_proto_text``, ...)
+    run the dlsoft command that does their job (:data:`CAFFE_TOOL_ALIASES`); any other
+    ``snake_case`` spelling of a command works too.
+    """
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] in CAFFE_TOOL_ALIASES:
+            name, implied = CAFFE_TOOL_ALIASES[args[0]]
+            args = [name, *implied, *args[1:]]
+        elif args and "_" in args[0] and not args[0].startswith("-"):
+            dashed = args[0].replace("_", "-")
+            if dashed in self.commands:
+                args = [dashed, *args[1:]]
+        return super().resolve_command(ctx, args)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # the group's own flags come before the command: check only those
+        head = []
+        for arg in args:
+            if not arg.startswith("-"):
+                break
+            head.append(arg)
+        check_single_dash_flags(self, ctx, head)
+        return super().parse_args(ctx, args)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = list(sys.argv[1:] if args is None else args)
@@ -174,6 +261,7 @@ def _with_common_options(f):
 def command(group: click.Group, name: str, **kwargs):
     """``group.command(name)`` with the common options and an example-carrying help text."""
     def decorate(f):
+        kwargs.setdefault("cls", DlsoftCommand)
         return group.command(name, context_settings=CONTEXT_SETTINGS, **kwargs)(_with_common_options(f))
     return decorate
 

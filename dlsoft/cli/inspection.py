@@ -8,7 +8,9 @@ import click
 
 from ..errors import DlsoftError
 from .app import cli, command
-from .options import level_option, phase_option, require_file, resolve, stage_names, stage_option
+from .options import (
+    level_option, net_file, phase_option, pick_net, require_file, resolve, stage_names, stage_option,
+)
 
 # ============================================================================ device-query
 @command(cli, "device-query", epilog="""
@@ -72,18 +74,24 @@ Examples:
   dlsoft draw lenet_train_test.prototxt lenet.dot
   dlsoft draw zoo:lenet_mnist lenet.svg --rankdir TB
 """)
-@click.argument("model", metavar="NET")
-@click.argument("out", metavar="OUT.{dot,svg,png,pdf}")
+@click.argument("model", metavar="NET", required=False)
+@click.argument("out", metavar="OUT.{dot,svg,png,pdf}", required=False)
+@click.option("--model", "-model", "model_option", metavar="FILE", help="The net (instead of NET).")
 @phase_option("TRAIN", allow_all=True)
 @click.option("--rankdir", "-rankdir", "rankdir", type=click.Choice(["LR", "RL", "TB", "BT"]), default="LR",
               show_default=True, help="Direction of the graph.")
 @click.option("--shapes/--no-shapes", default=True, show_default=True,
               help="Build the net to show blob shapes and parameter counts.")
-def draw_command(model, out, phase, rankdir, shapes):
+def draw_command(model, out, model_option, phase, rankdir, shapes):
     """Draw the net's graph: DOT always; SVG/PNG/PDF with Graphviz's `dot` installed."""
     from ..netdef.draw import draw_net
 
-    path = draw_net(resolve(model, "model"), out, phase=phase, rankdir=rankdir, shapes=shapes)
+    if model_option and out is None:  # `draw --model NET OUT`: the one argument is OUT
+        model, out = None, model
+    model = pick_net(model, model_option)
+    if out is None:
+        raise click.UsageError("no output file given: dlsoft draw NET OUT.{dot,svg,png,pdf}")
+    path = draw_net(net_file(resolve(model, "model"), "draw"), out, phase=phase, rankdir=rankdir, shapes=shapes)
     click.echo(f"Wrote {path}")
 
 
@@ -117,17 +125,19 @@ Examples:
   dlsoft summary lenet_train_test.prototxt
   dlsoft summary zoo:bvlc_alexnet --phase TEST
 """)
-@click.argument("model", metavar="NET")
+@click.argument("model", metavar="NET", required=False)
+@click.option("--model", "-model", "model_option", metavar="FILE", help="The net (instead of NET).")
 @phase_option("TRAIN")
 @click.option("--weights", "-weights", "weights", metavar="FILE", help="Load weights (checks they fit).")
 @stage_option
 @level_option
-def summary_command(model, phase, weights, stages, level):
+def summary_command(model, model_option, phase, weights, stages, level):
     """Print the layer table: top shapes and parameter counts."""
     from ..netdef.net import Net
 
+    model = pick_net(model, model_option)
     weights_path = require_file(resolve(weights, "weights"), "weights file") if weights else None
-    with Net(resolve(model, "model"), phase=phase.upper(), weights=weights_path, stages=stage_names(stages),
+    with Net(net_file(resolve(model, "model"), "summary"), phase=phase.upper(), weights=weights_path, stages=stage_names(stages),
              level=level) as net:
         click.echo(net.summary())
 

@@ -41,30 +41,76 @@ def require_file(path: str, what: str) -> str:
     return path
 
 
-def parse_gpus(spec: str | None) -> list[int]:
-    """Caffe's ``-gpu`` value (``0``, ``1,2`` or ``all``) as GPU numbers ([] for none)."""
+def pick_net(model: str | None, model_option: str | None, required: bool = True) -> str | None:
+    """The net given as the NET argument or as ``--model``/``-model`` (not both)."""
+    if model and model_option and model != model_option:
+        raise click.UsageError("give the net either as an argument or with --model, not both")
+    model = model or model_option
+    if model is None and required:
+        raise click.UsageError("no net given: pass NET (or --model FILE, Caffe's -model)")
+    return model
+
+
+def net_file(path: str, command: str) -> str:
+    """``path``, after checking that it is not a solver file given where a net is expected.
+
+    ``dlsoft train solver.prototxt`` (or ``test -model solver.prototxt``) is a common slip
+    from Caffe's ``-solver``/``-model`` pair; the net parser would only report an unknown
+    field ``base_lr``.
+    """
+    from ..errors import ParseError
+    from ..netdef import io
+
+    if not os.path.isfile(path) or io.file_format(path) == "binary":
+        return path
+    try:
+        io.read_net(path)
+    except ParseError as net_error:
+        try:
+            solver = io.read_solver(path)
+        except DlsoftError:
+            raise net_error from None
+        trains = next((getattr(solver, f) for f in ("net", "train_net") if solver.HasField(f)), None)
+        if command == "train":
+            advice = f"train with it as `dlsoft train --solver {path}`"
+        else:
+            advice = f"give its net{f' ({trains})' if trains else ''} instead"
+        raise DlsoftError(f"is a solver definition, not a net: {advice}", path=path) from None
+    return path
+
+
+def parse_gpus(spec: str | None, flag: str = "--gpu") -> list[int]:
+    """Caffe's ``-gpu`` value (``0``, ``1,2`` or ``all``) as GPU numbers ([] for none).
+
+    A GPU that is not there is an error naming the flag, before any file is read.
+    """
     if spec is None or spec == "":
         return []
     from ..backend import gpu_count
 
     spec = spec.strip().lower()
+    count = gpu_count()
     if spec == "all":
-        count = gpu_count()
         if count == 0:
-            raise DlsoftError("--gpu all: no GPU is available (install dlsoft[gpu] on a machine with an NVIDIA GPU)")
+            raise DlsoftError(f"{flag} all: no GPU is available (install dlsoft[gpu] on a machine with an NVIDIA GPU)")
         return list(range(count))
     try:
         ids = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:
-        raise DlsoftError(f"--gpu expects a GPU number, a comma-separated list or 'all', got '{spec}'") from None
+        raise DlsoftError(f"{flag} expects a GPU number, a comma-separated list or 'all', got '{spec}'") from None
     if not ids or any(i < 0 for i in ids):
-        raise DlsoftError(f"--gpu expects non-negative GPU numbers, got '{spec}'")
+        raise DlsoftError(f"{flag} expects non-negative GPU numbers, got '{spec}'")
+    missing = [i for i in ids if i >= count]
+    if missing:  # the flag named, before any file is read (the distributed launcher says it the same way)
+        raise DlsoftError(f"{flag} {spec}: GPU {missing[0]} is not present ({count} GPU(s) here"
+                          + ("" if count else "; install dlsoft[gpu] on a machine with NVIDIA GPUs, or leave out "
+                                              "the flag to run on the CPU") + ")")
     return ids
 
 
-def parse_gpu(spec: str | None) -> str:
+def parse_gpu(spec: str | None, flag: str = "--gpu") -> str:
     """Caffe's ``-gpu`` value as one device: the first GPU when several are given (``train`` uses them all)."""
-    ids = parse_gpus(spec)
+    ids = parse_gpus(spec, flag)
     if not ids:
         return "cpu"
     if len(ids) > 1:

@@ -12,8 +12,8 @@ from ..errors import DlsoftError
 from ..zoo_ref import is_zoo_ref, parse_zoo_ref
 from .app import cli, command, log, settings
 from .options import (
-    LazyChoice, format_number, format_value, gpu_option, level_option, parse_gpu, parse_gpus, phase_option,
-    require_file, resolve, stage_names, stage_option,
+    LazyChoice, format_number, format_value, gpu_option, level_option, net_file, parse_gpu, parse_gpus,
+    phase_option, pick_net, require_file, resolve, stage_names, stage_option,
 )
 
 
@@ -162,9 +162,9 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
     from ..netdef import io
     from ..solver import config
 
-    if model and model_option:
-        raise click.UsageError("give the net either as an argument or with --model, not both")
-    model = model or model_option
+    model = pick_net(model, model_option, required=False)
+    if gpu is not None:
+        parse_gpus(gpu)  # a GPU that is not there: say so (naming the flag) before reading any file
     if weights and snapshot:
         raise click.UsageError("give either --weights (start from weights) or --snapshot (resume), not both")
     if model and solver_path:
@@ -196,7 +196,7 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
         else:
             source = solver_path  # unchanged: the solver reads it and names its lines in errors
     else:
-        net_path = resolve(model, "train_val")
+        net_path = net_file(resolve(model, "train_val"), "train")
         where = net_path
         solver_param = config.default_solver(io.read_net(net_path), name=Path(net_path).stem)
         max_iter = overrides.max_iter
@@ -215,8 +215,11 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
 
     gpus = parse_gpus(gpu)
     kind = runner.wanted(None if distributed == "auto" else distributed)
-    if kind is None and distributed == "auto" and launch.mpi_world() and gpus:
-        kind = None if launch.world_size() == 1 else "nccl"  # MPI ranks each owning a GPU, NCCL between
+    if kind == "mpi" and gpus:
+        if distributed == "mpi":
+            raise click.UsageError("--distributed mpi averages on the CPU: with --gpu, MPI ranks each take a GPU "
+                                   "and average over NCCL (--distributed nccl, the default there)")
+        kind = "nccl"  # MPI ranks each owning a GPU of their machine, NCCL between them
     if kind is None and len(gpus) > 1 and distributed != "none":
         code = runner.spawn_for_gpus(gpus, _child_arguments())  # Caffe's -gpu all: one process per GPU
         raise SystemExit(code)
@@ -292,8 +295,10 @@ def _run_training(source, where: str, device: str, weights: list[str], snapshot:
 Examples:
   dlsoft test --model lenet_train_test.prototxt --weights lenet_iter_10000.caffemodel --iterations 100
   dlsoft test -model zoo:lenet_mnist -iterations 10
+  dlsoft test lenet_train_test.prototxt --weights lenet_iter_10000.caffemodel
 """)
-@click.option("--model", "-model", "model", required=True, metavar="FILE", help="Net definition with TEST-phase data.")
+@click.argument("model_arg", required=False, metavar="[NET]")
+@click.option("--model", "-model", "model", metavar="FILE", help="Net definition with TEST-phase data (or NET).")
 @click.option("--weights", "-weights", "weights", metavar="FILE", help="Trained weights to score.")
 @click.option("--iterations", "-iterations", "iterations", type=click.IntRange(min=1), default=50,
               show_default=True, help="Batches to run.")
@@ -301,22 +306,26 @@ Examples:
 @phase_option("TEST")
 @stage_option
 @level_option
-def test_command(model, weights, iterations, gpu, phase, stages, level):
+def test_command(model_arg, model, weights, iterations, gpu, phase, stages, level):
     """Score trained weights: run N batches and print each output's mean, as `caffe test`."""
     import numpy as np
 
     from ..backend import to_numpy
     from ..netdef.net import Net
 
+    model = pick_net(model_arg, model)
+    device = parse_gpu(gpu)
+    model_path = net_file(resolve(model, "train_val"), "test")
     if weights is None:
         if not is_zoo_ref(model):
             raise click.UsageError("test needs --weights (the trained model to score)")
         weights = model.partition("/")[0]
     weights_path = require_file(resolve(weights, "weights"), "weights file")
-    model_path = resolve(model, "train_val")
-    net = Net(model_path, phase=phase.upper(), weights=weights_path, stages=stage_names(stages), level=level,
-              device=parse_gpu(gpu))
+    net = Net(model_path, phase=phase.upper(), stages=stage_names(stages), level=level, device=device)
     try:
+        loaded = net.copy_from(weights_path)  # logs each layer it did not load
+        log.info("Loaded weights for %d of %d layers with parameters from %s", loaded,
+                 sum(1 for layer in net.layers if layer.blobs), weights_path)
         totals: dict[str, np.ndarray] = {}
         loss_total = 0.0
         for i in range(iterations):
@@ -348,9 +357,11 @@ def test_command(model, weights, iterations, gpu, phase, stages, level):
 \b
 Examples:
   dlsoft time --model lenet_train_test.prototxt --iterations 20
+  dlsoft time lenet_train_test.prototxt -iterations 20
   dlsoft time -model zoo:lenet_mnist -iterations 10 -gpu 0
 """)
-@click.option("--model", "-model", "model", required=True, metavar="FILE", help="Net definition to time.")
+@click.argument("model_arg", required=False, metavar="[NET]")
+@click.option("--model", "-model", "model", metavar="FILE", help="Net definition to time (or NET).")
 @click.option("--iterations", "-iterations", "iterations", type=click.IntRange(min=1), default=50,
               show_default=True, help="Timed forward-backward passes.")
 @click.option("--warmup", "warmup", type=click.IntRange(min=0), default=1, show_default=True,
@@ -361,15 +372,17 @@ Examples:
 @phase_option("TRAIN")
 @stage_option
 @level_option
-def time_command(model, iterations, warmup, forward_only, weights, gpu, phase, stages, level):
+def time_command(model_arg, model, iterations, warmup, forward_only, weights, gpu, phase, stages, level):
     """Time each layer's forward and backward pass, as `caffe time`."""
     from ..netdef.net import Net
     from ..timing import time_net
 
-    model_path = resolve(model, "train_val")
+    model = pick_net(model_arg, model)
+    device = parse_gpu(gpu)
+    model_path = net_file(resolve(model, "train_val"), "time")
     weights_path = require_file(resolve(weights, "weights"), "weights file") if weights else None
     net = Net(model_path, phase=phase.upper(), weights=weights_path, stages=stage_names(stages), level=level,
-              device=parse_gpu(gpu))
+              device=device)
     try:
         report = time_net(net, iterations=iterations, warmup=warmup, backward=not forward_only)
     finally:

@@ -112,6 +112,21 @@ def zoo_fetch_command(name, timeout):
     click.echo(f"Weights of {name}: {path}")
 
 
+@command(zoo_group, "add-weights", epilog="""
+\b
+Example (a BVLC caffemodel downloaded by hand):
+  dlsoft zoo add-weights bvlc_alexnet ~/Downloads/bvlc_alexnet.caffemodel
+""")
+@click.argument("name")
+@click.argument("file", metavar="FILE")
+def zoo_add_weights_command(name, file):
+    """Use weights you downloaded yourself for an entry, checked against the entry's recorded checksum."""
+    from .. import model_zoo
+
+    path = model_zoo.add_weights(name, file)
+    click.echo(f"Weights of {name}: {path} (checksum verified)")
+
+
 @command(zoo_group, "publish", epilog="\b\nExample:\n  dlsoft zoo publish my_lenet --index my_zoo/index.yaml")
 @click.argument("entry_dir", type=click.Path(file_okay=False))
 @click.option("--index", "index", metavar="FILE", help="Index file to add the entry to (default: index.yaml "

@@ -25,8 +25,12 @@ def _to_array(image: Image.Image, is_color: bool, height: int, width: int) -> np
     return pixels[None, :, :].copy()
 
 
-def load_image(path: str | os.PathLike, height: int = 0, width: int = 0, is_color: bool = True) -> np.ndarray:
-    """Read an image file as uint8 (C, H, W), resized to ``height x width`` when both are > 0."""
+def read_image(path: str | os.PathLike, height: int = 0, width: int = 0, is_color: bool = True) -> np.ndarray:
+    """Read an image file as uint8 (C, H, W), resized to ``height x width`` when both are > 0.
+
+    Caffe's layout (BGR, channels first), as ``ReadImageToCVMat``; not pycaffe's
+    ``caffe.io.load_image`` (H x W x 3 RGB floats in [0, 1]), hence the other name.
+    """
     try:
         with Image.open(path) as image:
             return _to_array(image, is_color, height, width)

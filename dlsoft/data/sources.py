@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, one_line
-from .images import load_image
+from .images import read_image
 from .shard import WHOLE, Shard
 from .transform import Transformer
 
@@ -147,7 +147,7 @@ class ImageListReader:
     def _load(self, index: int):
         name, label = self.entries[index]
         path = self.root + name
-        return path, load_image(path, *self.size, is_color=self.is_color), label
+        return path, read_image(path, *self.size, is_color=self.is_color), label
 
     def first(self):
         return self._load(0)

@@ -15,7 +15,7 @@ import numpy as np
 from .. import random as dl_random
 from ..errors import DataError, one_line
 from ..protos import caffe_pb2
-from .images import decode_image, encode_image, load_image
+from .images import decode_image, encode_image, read_image
 from .lmdb_io import LMDBWriter, array_to_datum, read_records
 from .sources import read_list_file
 
@@ -52,7 +52,7 @@ def convert_imageset(root: str, list_file: str, db_path: str, resize_height: int
 
 
 def _image_datum(path, label, height, width, is_color, encoded, encode_type):
-    pixels = load_image(path, height, width, is_color)
+    pixels = read_image(path, height, width, is_color)
     if not encoded:
         return array_to_datum(pixels, label)
     extension = Path(path).suffix.lower().lstrip(".")

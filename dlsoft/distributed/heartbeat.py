@@ -82,6 +82,10 @@ class Heartbeat:
         return (f"lost rank {', '.join(map(str, lost))} (no heartbeat for {silent:.0f} s: the process died, "
                 "hung or its machine is unreachable)")
 
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
 
 class ParentWatch:
     """For the children of ``dlsoft train --gpu all``: the launcher watches them, they watch it.
@@ -103,7 +107,3 @@ class ParentWatch:
 
     def close(self) -> None:
         pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..data.shard import Shard
 from ..errors import DistributedError
+from ..solver.snapshot import global_batch
 from . import launch
 from .comm import Communicator, MPICommunicator, NCCLCommunicator, decode_nccl_id
 from .heartbeat import Heartbeat, ParentWatch
@@ -102,7 +103,7 @@ class DataParallel:
         solver.sigterm_effect = solver.sigint_effect
         self.sync = GradientSync(self.comm, solver, self.bucket_bytes, heartbeat=self.heartbeat)
         if self.root:
-            batch = _train_batch(solver.net)
+            batch = global_batch(solver.net, 1)
             log.info("Data-parallel training on %d ranks (%s%s): %s per rank, %s per iteration", self.size,
                      self.kind.upper(), f", {_library()}" if self.mpi is not None else "",
                      f"batch {batch}" if batch else "the train data", f"{batch * self.size}" if batch else "all")
@@ -179,13 +180,6 @@ def _library() -> str:
     from mpi4py import MPI  # noqa: PLC0415
 
     return MPI.Get_library_version().split(",")[0].strip()
-
-
-def _train_batch(net) -> int | None:
-    for layer, tops in zip(net.layers, net.top_ids):
-        if getattr(layer, "shardable", False) and tops and tops[0].shape:
-            return int(tops[0].shape[0])
-    return None
 
 
 def train(kind: str, build, resume: str | None = None, *, random_seed: int = -1, report=None,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .loss import LossLayer, read_labels
+from .loss import RowLabelLossLayer
 from .registry import register
 
 
 @register
-class HingeLossLayer(LossLayer):
+class HingeLossLayer(RowLabelLossLayer):
     """One-vs-all hinge on scores ``x`` (N × K) with labels ``l``: with ``δ_nk = +1`` if
     ``k = l_n`` else ``-1``, ``m_nk = max(0, 1 - δ_nk · x_nk)``;
     L1: ``loss = Σ m / N``; L2: ``loss = Σ m² / N``.
@@ -17,35 +17,18 @@ class HingeLossLayer(LossLayer):
     """
 
     type = "HingeLoss"
-    exact_num_bottoms = 2
 
     def setup(self, bottoms, tops):
+        super().setup(bottoms, tops)
         p = self.param.hinge_loss_param
         self.squared = p.norm == p.L2
-        self.ignore_label, self.has_ignore = 0, False
 
     def reshape(self, bottoms, tops):
         super().reshape(bottoms, tops)
-        self.num = bottoms[0].shape[0]
-        self.dim = bottoms[0].count // self.num if self.num else 0
-        if bottoms[1].count != self.num:
-            raise self.error(f"expected {self.num} labels, got bottom of shape {bottoms[1].shape}")
-        xp = self.xp
-        self.margins = xp.empty(bottoms[0].count, dtype=np.float32)
-        self.labels = xp.empty(self.num, dtype=np.int64)
-        self.rows = xp.arange(self.num, dtype=np.int64) * self.dim
-        self.pick = xp.empty(self.num, dtype=np.int64)
+        self.margins = self.xp.empty(bottoms[0].count, dtype=np.float32)
 
-    def forward_cpu(self, bottoms, tops):
-        self._forward(bottoms, tops, check_labels=True)
-
-    def forward_gpu(self, bottoms, tops):
-        self._forward(bottoms, tops, check_labels=False)  # a range check would wait for the GPU
-
-    def _forward(self, bottoms, tops, check_labels: bool):
+    def forward_loss(self, bottoms, tops):
         xp, m = self.xp, self.margins
-        read_labels(self, bottoms[1].data, self.labels, self.dim, check_labels)
-        xp.add(self.rows, self.labels, out=self.pick)
         xp.copyto(m, bottoms[0].data.reshape(-1))
         m[self.pick] *= -1
         m += 1

@@ -85,3 +85,42 @@ class LossLayer(Layer):
         p = self.param.loss_param
         self.has_ignore = p.HasField("ignore_label")
         self.ignore_label = int(p.ignore_label)
+
+
+class RowLabelLossLayer(LossLayer):
+    """N rows of K values (bottom 0) and one integer label per row (bottom 1, no
+    ignore_label): HingeLoss, MultinomialLogisticLoss. Forward reads the labels (checking
+    their range on the CPU only: on a GPU the check would wait for the device), sets
+    ``pick`` (the flat index of each row's label) and calls :meth:`forward_loss`."""
+
+    exact_num_bottoms = 2
+
+    def setup(self, bottoms, tops):
+        self.ignore_label, self.has_ignore = 0, False
+
+    def reshape(self, bottoms, tops):
+        super().reshape(bottoms, tops)
+        self.num = bottoms[0].shape[0]
+        self.dim = bottoms[0].count // self.num if self.num else 0
+        if bottoms[1].count != self.num:
+            raise self.error(f"expected {self.num} labels, got bottom of shape {bottoms[1].shape}")
+        xp = self.xp
+        self.labels = xp.empty(self.num, dtype=np.int64)
+        self.rows = xp.arange(self.num, dtype=np.int64) * self.dim
+        self.pick = xp.empty(self.num, dtype=np.int64)
+
+    def forward_cpu(self, bottoms, tops):
+        self._read_labels(bottoms, check=True)
+        self.forward_loss(bottoms, tops)
+
+    def forward_gpu(self, bottoms, tops):
+        self._read_labels(bottoms, check=False)
+        self.forward_loss(bottoms, tops)
+
+    def _read_labels(self, bottoms, check: bool) -> None:
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check)
+        self.xp.add(self.rows, self.labels, out=self.pick)
+
+    def forward_loss(self, bottoms, tops) -> None:
+        """The loss from bottom 0 and ``self.pick``."""
+        raise NotImplementedError

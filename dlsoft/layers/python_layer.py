@@ -17,7 +17,9 @@ The user's class follows pycaffe's ``caffe.Layer``: it may subclass
   accumulate into ``self.blobs[j].diff``.
 
 Bottoms and tops are dlsoft Blobs (``data``, ``diff``, ``shape``, ``count``,
-``reshape``). ``self.phase`` is ``"TRAIN"`` or ``"TEST"`` (pycaffe gives 0 or 1). On a
+``reshape``, ``num``). ``self.phase`` is ``"TRAIN"`` or ``"TEST"``; for classes deriving
+from ``caffe.Layer`` (``dlsoft.caffe.Layer``, which sets ``phase_as_integer``) it is the
+integer pycaffe gives, 0 or 1, so ``self.phase == caffe.TRAIN`` holds as in Caffe. On a
 GPU device the arrays are cupy arrays: user code written with ``bottom[0].xp`` (or
 with numpy functions cupy also accepts) runs on either device.
 """
@@ -31,6 +33,8 @@ from ..backend import CPU
 from ..blob import Blob
 from .base import TRAIN, Layer
 from .registry import register
+
+_PHASE_NUMBERS = {"TRAIN": 0, "TEST": 1}  # caffe.proto's Phase values, as pycaffe gives them
 
 
 class BlobList(list):
@@ -54,6 +58,8 @@ class PythonLayerBase:
     param_str: str = ""
     phase: str = "TRAIN"
     blobs: BlobList
+    #: True: ``self.phase`` is pycaffe's integer (TRAIN 0, TEST 1) rather than the name.
+    phase_as_integer: bool = False
 
     def setup(self, bottom, top):
         """Read ``self.param_str`` and check the bottoms."""
@@ -99,11 +105,18 @@ class PythonLayer(Layer):
         cls = _import_user_class(self, p.module, p.layer)
         self.user = cls.__new__(cls)
         self.user.param_str = p.param_str
-        self.user.phase = phase
+        self.user.phase = _PHASE_NUMBERS[phase] if getattr(cls, "phase_as_integer", False) else phase
         self.blobs = BlobList(self.device, self.name)
         self.user.blobs = self.blobs
         if cls.__init__ is not object.__init__:
             self.user.__init__(param)  # pycaffe constructs user layers with their LayerParameter
+
+    def __getattr__(self, name: str):
+        # pycaffe's net.layers[i] is the user's object itself: its attributes show through here.
+        user = self.__dict__.get("user")
+        if user is None:
+            raise AttributeError(name)
+        return getattr(user, name)
 
     def setup(self, bottoms, tops):
         self.user.setup(list(bottoms), list(tops))

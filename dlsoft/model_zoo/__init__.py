@@ -33,7 +33,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "entries"
 
 __all__ = ["Entry", "list_entries", "get_entry", "resolve", "load", "copy_entry", "fetch", "publish",
            "add_index", "remove_index", "added_indexes", "is_downloaded", "local_path", "cache_dir",
-           "weights_status", "summary_row", "builtin_entries",
+           "weights_status", "summary_row", "builtin_entries", "add_weights",
            "config_file", "BUILTIN_DIR"]
 
 
@@ -148,6 +148,35 @@ def local_path(entry: Entry, key: str, *, download_missing: bool = False, progre
         raise DlsoftError(f"the {role} of zoo entry '{entry.name}' is not downloaded yet: "
                           f"run `dlsoft zoo fetch {entry.name}`")
     return download(location, dest, record, progress=progress, timeout=timeout)
+
+
+def add_weights(name: str, file: str | Path) -> Path:
+    """Register weights downloaded by hand for entry ``name`` (nothing can be fetched here, say).
+
+    The file must match the checksum the entry records for its weights; it is then
+    copied to where ``fetch`` would have put it, and the entry's weights resolve to it.
+    """
+    entry = get_entry(name)
+    _, record = _record(entry, "weights")
+    source = Path(file)
+    if not source.is_file():
+        raise DlsoftError("no such file", path=str(source))
+    checksum = checksum_of(record)
+    if checksum is None:
+        raise DlsoftError(f"zoo entry '{entry.name}' records no checksum for its weights: {source} cannot be checked")
+    algorithm, expected = checksum
+    actual = file_digest(source, algorithm)
+    if actual != expected:
+        raise DlsoftError(f"is not the weights of zoo entry '{entry.name}': its {algorithm} is {actual}, the "
+                          f"entry's is {expected}", path=str(source))
+    if entry.folder is not None and record.get("path") and (entry.folder / record["path"]).is_file():
+        return entry.folder / record["path"]  # the entry ships them already
+    dest = _cache_path(entry, record)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".adding")
+    shutil.copyfile(source, partial)
+    partial.replace(dest)
+    return dest
 
 
 def is_downloaded(entry: Entry, key: str = "weights") -> bool:

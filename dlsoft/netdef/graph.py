@@ -28,13 +28,25 @@ def make_state(net_param, phase: str | int | None = None, level: int | None = No
     state = caffe_pb2.NetState()
     state.CopyFrom(net_param.state)
     if phase is not None:
-        state.phase = PHASES[phase.upper()] if isinstance(phase, str) else int(phase)
+        state.phase = parse_phase(phase)
     if level is not None:
         state.level = int(level)
     for stage in stages:
         if stage not in state.stage:
             state.stage.append(stage)
     return state
+
+
+def parse_phase(phase) -> int:
+    """``"TRAIN"``/``"TEST"`` (any case) or Caffe's number 0/1 as the Phase value; else a one-line error."""
+    if isinstance(phase, str) and phase.upper() in PHASES:
+        return PHASES[phase.upper()]
+    if not isinstance(phase, (str, bool)) and phase in PHASES.values():
+        return int(phase)
+    hint = ""
+    if isinstance(phase, str) and any(c in phase for c in "./\\"):
+        hint = " (this looks like a file: pass weights as weights=..., e.g. Net(model, phase='TEST', weights=...))"
+    raise NetDefinitionError(f"unknown phase {phase!r}: the phases are TRAIN and TEST (or 0 and 1){hint}")
 
 
 def state_meets_rule(state, rule) -> bool:

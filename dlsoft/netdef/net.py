@@ -9,6 +9,7 @@ ParamSpec, then work out which layers need backward.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -56,6 +57,12 @@ class Net:
         state = graph.make_state(net_param, phase, level, tuple(stages))
         self.phase = PHASE_NAMES[state.phase]
         filtered = graph.filter_net(net_param, state, self.source)
+        if not filtered.layer:  # Caffe builds an empty net and trains nothing; say so instead
+            why = (f": all {len(net_param.layer)} are excluded by include/exclude rules" if net_param.layer
+                   else (f" (it has {len(net_param.layers)} V1 'layers', which did not upgrade)"
+                         if net_param.layers else ""))
+            raise NetDefinitionError(f"net '{net_param.name}' has no layers for phase {self.phase}{why}",
+                                     path=self.source)
         graph.check_bottoms(filtered, self.source)
         self.net_param = graph.insert_splits(filtered)
         self._inserted_splits = {layer.name for layer in self.net_param.layer} - \
@@ -386,37 +393,75 @@ class Net:
                                        "in the net it shares with")
                 mine.share_data(theirs)
 
-    def copy_from(self, path: str | Path) -> None:
+    def copy_from(self, path: str | Path) -> int:
         """Load weights from a ``.caffemodel`` (or V1 binary) or a Caffe HDF5 ``.h5`` file.
 
-        Layers are matched by name; layers of the file that this net lacks are skipped,
-        and layers of the net absent from the file keep their values.
+        Layers are matched by name, as Caffe's ``CopyTrainedLayersFrom``: a layer of the
+        file this net lacks is skipped (``Ignoring source layer <name>``), a layer of the
+        net with parameters that the file lacks keeps its filler values (one log line per
+        layer: fine-tuning after renaming ``fc8`` relies on that). A file with no weights
+        at all (empty, a net definition) or with none for any layer of this net is an
+        error, since it would load nothing. Returns the number of layers loaded.
         """
         path = str(path)
         if path.endswith((".h5", ".hdf5")):
-            self._copy_from_hdf5(path)
-            return
+            return self.load_layers(path, self._layers_of_hdf5(path))
+        return self.load_layers(path, self._layers_of_binary(path))
+
+    def load_layers(self, path: str, source: list[tuple[str, list[np.ndarray]]]) -> int:
+        """Copy (layer name, arrays) pairs read from ``path`` into the same-named layers (see :meth:`copy_from`)."""
+        loaded: list[str] = []
+        for name, arrays in source:
+            target = self.layer_dict.get(name)
+            if target is None:
+                log.info("Ignoring source layer %s", name)
+                continue
+            if not arrays:
+                continue
+            self._assign_layer_blobs(path, target, arrays)
+            loaded.append(name)
+        with_params = [layer.name for layer in self.layers if layer.blobs]
+        if not loaded and with_params:
+            in_file = [name for name, arrays in source if arrays]
+            raise WeightsError(f"none of its {len(in_file)} layers with weights ({_some(in_file)}) is a layer "
+                               f"of net '{self.name}' (layers with parameters: {_some(with_params)}); "
+                               "weights are matched by layer name", path=path)
+        for name in with_params:
+            if name not in loaded:
+                log.info("Layer %s: not initialised from %s (no layer of that name there): keeps its "
+                         "filler values", name, path)
+        log.debug("Loaded weights for %d of %d layers with parameters from %s", len(loaded), len(with_params), path)
+        return len(loaded)
+
+    @staticmethod
+    def _layers_of_binary(path: str) -> list[tuple[str, list[np.ndarray]]]:
+        """(layer name, blob arrays) of each layer of a binary caffemodel."""
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise WeightsError("the weights file is empty", path=path)
+        if io.file_format(path) != "binary":
+            raise WeightsError("is not a binary .caffemodel (or .h5) weights file: weights files are "
+                               "written by training (…_iter_N.caffemodel) or downloaded", path=path)
         with warnings.catch_warnings():
             # Only names and blobs are read here: a layer's fork-ambiguous settings do not matter.
             warnings.simplefilter("ignore", io.FileFormatWarning)
             source = io.read_net(path)
-        for layer_param in source.layer:
-            target = self.layer_dict.get(layer_param.name)
-            if target is None or not layer_param.blobs:
-                continue
-            arrays = [io.blob_proto_to_array(blob) for blob in layer_param.blobs]
-            self._assign_layer_blobs(path, target, arrays)
+        if not any(layer.blobs for layer in source.layer):
+            raise WeightsError(f"holds no weights ({len(source.layer)} layers, none with blobs): "
+                               "is it a net definition rather than a .caffemodel?", path=path)
+        return [(layer.name, [io.blob_proto_to_array(blob) for blob in layer.blobs]) for layer in source.layer]
 
-    def _copy_from_hdf5(self, path: str) -> None:
+    @staticmethod
+    def _layers_of_hdf5(path: str) -> list[tuple[str, list[np.ndarray]]]:
         import h5py  # noqa: PLC0415 - only needed for HDF5 weights
-        with h5py.File(path, "r") as f:
-            group = f["data"]
-            for name in group:
-                target = self.layer_dict.get(name)
-                if target is None:
-                    continue
-                arrays = [np.asarray(group[name][str(i)], dtype=np.float32) for i in range(len(group[name]))]
-                self._assign_layer_blobs(path, target, arrays)
+        try:
+            with h5py.File(path, "r") as f:
+                if "data" not in f:
+                    raise WeightsError("is not a Caffe HDF5 weights file (no 'data' group)", path=path)
+                group = f["data"]
+                return [(name, [np.asarray(group[name][str(i)], dtype=np.float32) for i in range(len(group[name]))])
+                        for name in group]
+        except OSError as exc:
+            raise WeightsError(f"cannot read it as HDF5 ({str(exc).splitlines()[0]})", path=path) from None
 
     def _assign_layer_blobs(self, path: str, layer: Layer, arrays: list[np.ndarray]) -> None:
         if len(arrays) != len(layer.blobs):
@@ -519,6 +564,12 @@ class Net:
 def _float_array(value):
     """``value`` as a float32 numpy array, or unchanged if it already lives on a GPU."""
     return value if hasattr(value, "__cuda_array_interface__") else np.asarray(value, dtype=np.float32)
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, ... (12 in all)`` for error messages."""
+    shown = ", ".join(names[:limit]) or "none"
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _legacy_shape_match(file_shape: tuple, net_shape: tuple) -> bool:

@@ -12,6 +12,7 @@ The CLI and the Python API configure a solver the same way::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -195,3 +196,17 @@ def apply_overrides(solver, where: str, overrides: Overrides) -> None:
     if o.batch_size is not None:
         net_param, _ = _train_net_param(solver, where)
         set_train_batch_size(net_param, o.batch_size, where)
+
+
+def field_line(path: str | None, field: str) -> int | None:
+    """The line where ``field`` is first set in a solver file, for error messages."""
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if re.match(rf"\s*{re.escape(field)}\s*:", line):
+                    return number
+    except OSError:
+        return None
+    return None

@@ -16,8 +16,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import sys
 import time
+
+from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +89,33 @@ class Progress:
         if self._redirect is not None:
             self._redirect.__exit__(None, None, None)
             self._redirect = None
+
+
+def start_metrics(path: str | None, iteration: int) -> str | None:
+    """Begin a run's records in the metrics file ``path``; returns ``path``, or None if it cannot be written.
+
+    A run from iteration 0 starts the file afresh; a resumed run keeps the records before
+    its iteration (its own history) and drops those from that iteration on, which the
+    interrupted run wrote after its snapshot: nothing is recorded twice and ``dlsoft plot``
+    never joins two runs. A ``{"phase": "run"}`` record marks where each run started.
+    """
+    if path is None:
+        return None
+    kept: list[str] = []
+    if iteration > 0 and os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] < iteration:
+                    kept.append(json.dumps(record))
+    kept.append(json.dumps({"phase": "run", "iter": iteration, "time": round(time.time(), 3),
+                            "start": "resumed" if iteration > 0 else "fresh"}))
+    try:
+        atomic_write_bytes(path, ("\n".join(kept) + "\n").encode("utf-8"))
+    except OSError as exc:
+        log.warning("cannot write metrics file %s (%s); metrics are not recorded", path, exc)
+        return None
+    return path

@@ -20,14 +20,14 @@ Data-parallel training (:mod:`dlsoft.distributed`) plugs in with ``shard`` (this
 share of the train data; only rank 0, the root solver, tests, logs and snapshots) and
 :meth:`Solver.add_callback` (Caffe's ``Solver::Callback``): ``on_start(solver)`` at each
 ``step``, ``on_gradients_ready(solver, loss) -> loss`` after each iteration's passes, before
-the update (average the diffs in place, return the agreed loss, or raise ``StopNow``).
+the update (average the diffs in place, return the agreed loss, or raise ``StopNow``); an
+optional ``on_iteration_start(solver)`` begins each iteration (pycaffe's ``on_start``).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -42,9 +42,10 @@ from ..errors import SolverError
 from ..netdef import io
 from ..netdef.net import Net
 from ..protos import caffe_pb2
+from . import config
 from . import snapshot as snap
 from .lr_policy import POLICIES, LearningRate
-from .progress import Progress, fmt
+from .progress import Progress, fmt, start_metrics
 from .signals import NONE, SNAPSHOT, STOP, SignalHandler, StopNow, check_effect
 from .updates import RULES
 
@@ -69,6 +70,10 @@ class Solver:
     as Caffe does) and, when no such file exists, relative to the solver file's folder.
     """
 
+    #: The nets' class, and a ``type`` overriding the file's (pycaffe's ``caffe.Net``, ``AdamSolver``).
+    net_class: type[Net] = Net
+    solver_type: str | None = None
+
     def __init__(self, param, device="cpu", *, weights=None, metrics=None, progress_bar=None,
                  sigint_effect: str = STOP, sighup_effect: str = SNAPSHOT, shard: Shard | None = None):
         if isinstance(param, (str, os.PathLike)):
@@ -81,6 +86,7 @@ class Solver:
             raise TypeError(f"param must be a path or a SolverParameter, not {type(param).__name__}")
         self.param = caffe_pb2.SolverParameter()
         self.param.CopyFrom(param)
+        self.param.type = self.solver_type or self.param.type
         self._set_snapshot_prefix()
         self._validate()
         self.sigint_effect = check_effect(sigint_effect, "sigint_effect")
@@ -99,9 +105,9 @@ class Solver:
         for test_net in self.test_nets:
             test_net.share_trained_layers_with(self.net)
         for path in self._weight_files(weights):
-            log.info("Finetuning from %s", path)
-            for net in [self.net, *self.test_nets]:
-                net.copy_from(path)
+            loaded = [net.copy_from(path) for net in [self.net, *self.test_nets]]
+            log.info("Finetuning from %s: weights for %d of %d layers with parameters", path, loaded[0],
+                     sum(1 for layer in self.net.layers if layer.blobs))
 
         self.iter = 0
         self.rule = RULES[p.type](p, self.net.learnable_params)
@@ -119,10 +125,11 @@ class Solver:
         if metrics is None:
             metrics = f"{p.snapshot_prefix}_metrics.jsonl" if p.snapshot_prefix else False
         self.metrics_path: str | None = str(metrics) if metrics else None
+        self._metrics_started = False  # a run's first step begins its records (progress.start_metrics)
 
     # ------------------------------------------------------------------ set-up
     def _error(self, field: str, message: str) -> SolverError:
-        return SolverError(f"{field}: {message}", path=self.path, line=_field_line(self.path, field))
+        return SolverError(f"{field}: {message}", path=self.path, line=config.field_line(self.path, field))
 
     def _set_snapshot_prefix(self) -> None:
         """Caffe's UpgradeSnapshotPrefixProperty: default to the solver file's path without extension."""
@@ -178,13 +185,13 @@ class Solver:
             raise self._error("test_interval", "must be > 0 when test nets are given (test_iter)")
         if any(n <= 0 for n in p.test_iter):
             raise self._error("test_iter", "every value must be > 0")
-        if p.snapshot > 0:
+        if p.snapshot > 0 or p.snapshot_prefix:  # whatever `snapshot` says: the final snapshot goes there too
             folder = os.path.dirname(p.snapshot_prefix) or "."
             if not p.snapshot_prefix:
                 raise self._error("snapshot_prefix", "not set but snapshot is")
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise self._error("snapshot_prefix", f"cannot write to '{p.snapshot_prefix}': make sure the "
-                                                     f"folder '{folder}' exists and is writable")
+                raise self._error("snapshot_prefix", f"the folder '{folder}' of '{p.snapshot_prefix}' does not exist "
+                                                     "or is not writable: create it or change snapshot_prefix")
 
     def _resolve(self, path: str, field: str) -> str:
         """As written (relative to the working directory, as Caffe), else next to the solver file."""
@@ -208,8 +215,8 @@ class Solver:
         state.MergeFrom(file_state)
         if override is not None:
             state.MergeFrom(override)
-        return Net(model, phase=PHASE_NAMES[state.phase], level=state.level, stages=list(state.stage),
-                   device=self.device, shard=self.shard if phase == caffe_pb2.TRAIN else None)
+        return self.net_class(model, phase=PHASE_NAMES[state.phase], level=state.level, stages=list(state.stage),
+                              device=self.device, shard=self.shard if phase == caffe_pb2.TRAIN else None)
 
     def _build_train_net(self) -> Net:
         p = self.param
@@ -269,7 +276,12 @@ class Solver:
     def step(self, iters: int) -> None:
         """Run ``iters`` iterations (Caffe's ``Solver::Step``)."""
         p = self.param
+        if iters > 0 and not any(self.net.blob_loss_weights.values()):  # Caffe would train nothing, silently
+            raise SolverError(f"the train net '{self.net.name}' has no loss: add a loss layer (SoftmaxWithLoss, "
+                              "EuclideanLoss, ...) or a loss_weight on a top", path=self.path)
         start_iter, stop_iter = self.iter, self.iter + int(iters)
+        if not self._metrics_started:
+            self.metrics_path, self._metrics_started = start_metrics(self.metrics_path, self.iter), True
         self._losses, self.smoothed_loss = [], 0.0
         params = self.net.learnable_params
         root = self.root_solver
@@ -288,6 +300,8 @@ class Solver:
                 display = root and p.display and self.iter % p.display == 0
                 loss, forwards = 0.0, self._forwards[0]
                 try:
+                    for callback in self._callbacks:  # optional: Caffe's per-iteration on_start (pycaffe's)
+                        getattr(callback, "on_iteration_start", lambda solver: None)(self)
                     for _ in range(p.iter_size):
                         loss += self.net.forward_backward()
                         self._forwards[0] += 1
@@ -603,17 +617,3 @@ def get_solver(path, device="cpu", **options) -> Solver:
 def _short(value) -> float:
     """A float32 quantity as its shortest decimal (0.01, not 0.009999999776)."""
     return float(f"{float(value):.7g}")
-
-
-def _field_line(path: str | None, field: str) -> int | None:
-    """The line where ``field`` is first set in a solver file, for error messages."""
-    if path is None or not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                if re.match(rf"\s*{re.escape(field)}\s*:", line):
-                    return number
-    except OSError:
-        return None
-    return None
