@@ -1,13 +1,70 @@
 """Blob: Caffe's unit of storage, a ``data`` array and a ``diff`` array of one shape."""
 from __future__ import annotations
 
+import math
+import os
 from typing import Iterable
 
 import numpy as np
 
 from .backend import CPU, Device, to_numpy
+from .errors import NetDefinitionError
 
 DTYPE = np.float32
+#: Blobs below this many elements are allocated without asking how much memory is free.
+_CHECK_ABOVE = 1 << 20
+#: Environment variable: the most bytes of memory dlsoft may count on (default: what is free).
+MEMORY_LIMIT_ENV = "DLSOFT_MEMORY_LIMIT"
+
+
+def available_bytes(device: Device) -> int | None:
+    """Memory free for new arrays on ``device`` (host: MemAvailable; GPU: free device memory),
+    at most ``$DLSOFT_MEMORY_LIMIT`` bytes when that is set."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "")
+    free = _free_bytes(device)
+    if limit.isdigit():
+        return int(limit) if free is None else min(free, int(limit))
+    return free
+
+
+def _free_bytes(device: Device) -> int | None:
+    try:
+        if device.is_gpu:
+            with device.activate():
+                return int(device.xp.cuda.runtime.memGetInfo()[0])
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # no way to tell: do not refuse
+        return None
+
+
+def format_bytes(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:,} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} EiB"
+
+
+def check_allocation(count: int, device: Device, what: str) -> None:
+    """NetDefinitionError if ``count`` float32 values cannot fit in ``device``'s free memory.
+
+    Asked before allocating, so a net whose shapes ask for terabytes is refused with
+    the numbers instead of ending in a MemoryError (or the kernel's OOM killer). A blob
+    needs room for three times its data: its diff when training, and a filler's
+    float64 draw while it is filled.
+    """
+    if count <= _CHECK_ABOVE:
+        return
+    needed = count * np.dtype(DTYPE).itemsize
+    available = available_bytes(device)
+    if needed >= 2 ** 62 or (available is not None and 3 * needed > available):
+        have = f"{format_bytes(available)} available on {device}" if available is not None else "far too much"
+        raise NetDefinitionError(f"{what} needs {format_bytes(needed)} ({count:,} float32 values), {have}: "
+                                 "reduce the batch size, the input size, num_output or kernel_size")
 
 
 class Blob:
@@ -72,13 +129,14 @@ class Blob:
 
     def count_from(self, start: int, end: int | None = None) -> int:
         """Product of the dimensions in ``shape[start:end]`` (Caffe's ``count(start, end)``)."""
-        return int(np.prod(self._shape[start:end], dtype=np.int64))
+        return math.prod(self._shape[start:end])
 
     def canonical_axis(self, axis: int) -> int:
         """Turn a possibly negative axis into 0..num_axes-1, checking the range."""
         n = len(self._shape)
         if not -n <= axis < max(n, 1):
-            raise IndexError(f"axis {axis} out of range for blob {self.name!r} of shape {self._shape}")
+            raise NetDefinitionError(f"axis {axis} out of range for blob '{self.name}' of shape {self._shape} "
+                                     f"(axes are -{n}..{n - 1})")
         return axis % n if n else 0
 
     def reshape(self, *shape) -> "Blob":
@@ -87,9 +145,10 @@ class Blob:
             shape = tuple(shape[0])
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
-            raise ValueError(f"blob {self.name!r}: negative dimension in shape {shape}")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            raise NetDefinitionError(f"blob '{self.name}': negative dimension in shape {shape}")
+        count = math.prod(shape)  # exact: numpy's int64 product wraps around silently
         if count > self._capacity:
+            check_allocation(count, self.device, f"blob '{self.name}' of shape {shape}")
             with self.device.activate():
                 self._data_store = self.xp.zeros(count, dtype=DTYPE)
             self._diff_store = None  # allocated on first use: inference nets never need it
@@ -140,7 +199,7 @@ class Blob:
 
     @diff.setter
     def diff(self, value) -> None:
-        self._diff[...] = value
+        self.diff[...] = value  # through the getter: the diff is allocated on first use
 
     def to(self, device: Device) -> "Blob":
         """Move storage to ``device`` (keeping contents)."""

@@ -47,6 +47,13 @@ class DataError(DlsoftError):
     """A data source is missing, unreadable or does not fit the net."""
 
 
+class WriteError(DlsoftError, OSError):
+    """A file could not be written (disk full, no permission); an OSError too, for old callers."""
+
+    def __str__(self) -> str:  # the one-line message, not OSError's "[Errno n] ..."
+        return str(self.args[0]) if self.args else ""
+
+
 class DeviceError(DlsoftError):
     """The requested device is not available (no cupy, no GPU, bad index)."""
 

@@ -5,6 +5,8 @@ Data readers, layers and the solver need these without importing the net reader
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 
-from .errors import ParseError, WeightsError
+from .errors import ParseError, WeightsError, WriteError
 from .protos import caffe_pb2
 
 M = TypeVar("M", bound=Message)
@@ -28,7 +30,10 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     even if writing fails.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -38,11 +43,13 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise _write_error(path, exc) from None
         raise
     try:  # make the rename itself durable; not every platform can open a directory
         dfd = os.open(path.parent or ".", os.O_RDONLY)
@@ -54,6 +61,15 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    """A one-line error naming the file that could not be written (a full disk says so)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = ": free some space or write elsewhere" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+    error = WriteError(f"cannot write {path} ({reason}){hint}")
+    error.errno, error.strerror, error.filename = exc.errno, exc.strerror, str(path)
+    return error
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -102,8 +118,10 @@ def blob_proto_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
         shape = (blob.num, blob.channels, blob.height, blob.width)
     else:
         shape = tuple(int(d) for d in blob.shape.dim)
+    if any(d < 0 for d in shape):
+        raise WeightsError(f"blob shape {shape} has a negative dimension")
     values = blob.double_data if len(blob.double_data) else blob.data
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: an int64 product of huge dims wraps (to 0, say)
     if len(values) != count:
         raise WeightsError(f"blob of shape {shape} needs {count} values but holds {len(values)}")
     return np.array(values, dtype=np.float32).reshape(shape)

@@ -105,7 +105,7 @@ def all_commands(group, prefix=()):
 
 def test_every_command_has_help_with_an_example():
     commands = list(all_commands(cli))
-    assert len(commands) == 22  # with export and import (ONNX), extract-features and zoo add-weights
+    assert len(commands) == 23  # with export and import (ONNX), extract-features, zoo add-weights, convert-annoset
     for path in commands:
         result = run([*path, "--help"])
         assert "Example" in result.output, path

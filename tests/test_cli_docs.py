@@ -60,6 +60,19 @@ def make_mnist(folder: Path) -> None:
         f.write(struct.pack(">II", 2049, 3) + bytes([1, 2, 3]))
 
 
+def make_annoset(folder: Path) -> None:
+    from PIL import Image
+    folder.mkdir()
+    (folder / "labelmap.prototxt").write_text('item { name: "none_of_the_above" label: 0 } item { name: "box" label: 1 }')
+    lines = []
+    for i in range(2):
+        Image.new("RGB", (40, 30), (i * 100, 50, 50)).save(folder / f"{i}.jpg")
+        (folder / f"{i}.xml").write_text("<annotation><object><name>box</name><bndbox><xmin>5</xmin><ymin>4</ymin>"
+                                         "<xmax>20</xmax><ymax>25</ymax></bndbox></object></annotation>")
+        lines.append(f"{i}.jpg {i}.xml")
+    (folder / "trainval.txt").write_text("\n".join(lines) + "\n")
+
+
 def name_entry(work: Path) -> None:
     (work / "shared" / "my_mlp" / "zoo.yaml").write_text(
         "name: my_mlp\ndescription: the bundled MLP, retrained\nlicence: BSD-2-Clause\n"
@@ -70,6 +83,7 @@ def name_entry(work: Path) -> None:
 SETUP = {
     "dlsoft convert-imageset": lambda work: make_images(work / "images"),
     "dlsoft convert-mnist": lambda work: make_mnist(work / "mnist"),
+    "dlsoft convert-annoset": lambda work: make_annoset(work / "voc"),
     "dlsoft zoo publish": name_entry,
 }
 

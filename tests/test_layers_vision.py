@@ -258,8 +258,9 @@ def test_pooling_gradient(method, extra):
 
 
 def test_pooling_rejects_unsupported_settings():
-    with pytest.raises(NetDefinitionError, match="STOCHASTIC"):
-        run_layer(pool("STOCHASTIC", "kernel_size: 2"), [normal((1, 1, 4, 4))])
+    with pytest.raises(NetDefinitionError, match="only MAX"):  # STOCHASTIC: tests/test_layers_spp.py
+        run_layer('type: "Pooling" top: "p" top: "m" pooling_param { pool: STOCHASTIC kernel_size: 2 }',
+                  [normal((1, 1, 4, 4))])
     with pytest.raises(NetDefinitionError, match="pad"):
         run_layer(pool("MAX", "kernel_size: 2 pad: 2"), [normal((1, 1, 4, 4))])
     with pytest.raises(NetDefinitionError, match="4-d"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -232,6 +233,12 @@ def _set_flag(name: str):
     return callback
 
 
+def _no_cwd_modules(ctx, param, value):
+    if value:
+        os.environ["DLSOFT_NO_CWD_MODULES"] = "1"  # read by the Python layer when it imports
+    return value
+
+
 _COMMON_OPTIONS = (
     click.option("--debug", "-debug", is_flag=True, expose_value=False, callback=_set_flag("debug"),
                  help="Show the full traceback of an error (and debug log lines)."),
@@ -239,6 +246,9 @@ _COMMON_OPTIONS = (
                  help="Only errors and final results: no log lines, no progress bar."),
     click.option("--log-file", "-log_file", "log_file", type=click.Path(dir_okay=False), expose_value=False,
                  callback=_set_flag("log_file"), help="Also write the log lines to this file."),
+    click.option("--no-cwd-modules", is_flag=True, expose_value=False, callback=_no_cwd_modules,
+                 help="Python layers may not import modules from the working directory "
+                      "(as DLSOFT_NO_CWD_MODULES=1)."),
 )
 
 

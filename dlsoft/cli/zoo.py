@@ -83,14 +83,16 @@ def zoo_show_command(name):
 @click.option("--fetch", "fetch_weights", is_flag=True, help="Download the weights if they are not here yet.")
 @click.option("--no-weights", is_flag=True, help="Copy the configs only.")
 @click.option("--overwrite", is_flag=True, help="Replace files already in DEST.")
-def zoo_get_command(name, dest, fetch_weights, no_weights, overwrite):
+@click.option("--allow-unverified", is_flag=True,
+              help="With --fetch: accept weights that have no recorded checksum.")
+def zoo_get_command(name, dest, fetch_weights, no_weights, overwrite, allow_unverified):
     """Copy an entry's files into DEST, to edit, retrain or publish."""
     from .. import model_zoo
 
     progress, close = progress_bar()
     try:
         written = model_zoo.copy_entry(name, dest, weights=not no_weights, fetch_weights=fetch_weights,
-                                       overwrite=overwrite, progress=progress)
+                                       overwrite=overwrite, progress=progress, allow_unverified=allow_unverified)
     finally:
         close()
     for path in written:
@@ -100,13 +102,15 @@ def zoo_get_command(name, dest, fetch_weights, no_weights, overwrite):
 @command(zoo_group, "fetch", epilog="\b\nExample:\n  dlsoft zoo fetch bvlc_alexnet")
 @click.argument("name")
 @click.option("--timeout", type=float, default=30, show_default=True, help="Network timeout in seconds.")
-def zoo_fetch_command(name, timeout):
+@click.option("--allow-unverified", is_flag=True,
+              help="Accept weights that have no recorded checksum (refused otherwise).")
+def zoo_fetch_command(name, timeout, allow_unverified):
     """Download an entry's weights (verified against their checksum) into the cache."""
     from .. import model_zoo
 
     progress, close = progress_bar()
     try:
-        path = model_zoo.fetch(name, progress=progress, timeout=timeout)
+        path = model_zoo.fetch(name, progress=progress, timeout=timeout, allow_unverified=allow_unverified)
     finally:
         close()
     click.echo(f"Weights of {name}: {path}")

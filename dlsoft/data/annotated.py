@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..protos import caffe_pb2
-from .images import decode_image, encode_image, load_image
+from .images import decode_image, encode_image, read_image
 from .lmdb_io import LMDBReader, LMDBWriter, array_to_datum
 
 #: Columns of the label blob SSD's data layer gives: one row per box of the batch.
@@ -103,12 +103,12 @@ def annotated_datum(image_path: str, anno_path: str, label_map: dict[str, int], 
                     resize_height: int = 0, resize_width: int = 0, encoded: bool = True,
                     encode_type: str = "jpg") -> caffe_pb2.AnnotatedDatum:
     """One AnnotatedDatum (type BBOX) from an image and its annotation file (VOC XML or txt)."""
-    pixels = load_image(image_path, 0, 0, True)                 # C×H×W BGR uint8
+    pixels = read_image(image_path, 0, 0, True)                 # C×H×W BGR uint8
     height, width = pixels.shape[1:]
     reader = annotations_from_xml if label_type == "xml" else annotations_from_txt
     _, _, boxes = reader(anno_path, label_map)
     if resize_height and resize_width:
-        pixels = load_image(image_path, resize_height, resize_width, True)
+        pixels = read_image(image_path, resize_height, resize_width, True)
     datum = caffe_pb2.Datum(data=encode_image(pixels, encode_type), encoded=True) if encoded else array_to_datum(pixels)
     record = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
     record.datum.CopyFrom(datum)

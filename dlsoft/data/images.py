@@ -36,6 +36,8 @@ def read_image(path: str | os.PathLike, height: int = 0, width: int = 0, is_colo
             return _to_array(image, is_color, height, width)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"cannot read image {path}: {_bomb(exc)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {one_line(exc)}") from None
 
@@ -47,6 +49,8 @@ def decode_image(data: bytes, is_color: bool | None = None, where: str = "<bytes
             if is_color is None:
                 is_color = image.mode not in ("L", "1", "I", "I;16", "F")
             return _to_array(image, is_color, 0, 0)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"cannot decode image in {where}: {_bomb(exc)}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot decode image in {where}: {one_line(exc)}") from None
 
@@ -65,3 +69,8 @@ def encode_image(pixels: np.ndarray, fmt: str = "png") -> bytes:
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"cannot encode image as {fmt!r}: {one_line(exc)}") from None
     return out.getvalue()
+
+
+def _bomb(exc: BaseException) -> str:
+    return (f"{one_line(exc)} (an image this large is refused as a possible decompression bomb; "
+            "resize it, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine)")

@@ -40,6 +40,8 @@ def datum_to_array(datum: caffe_pb2.Datum, where: str = "<datum>", is_color: boo
     if datum.encoded:
         return decode_image(datum.data, is_color, where)
     shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 0:
+        raise DataError(f"{where}: Datum has a negative dimension (channels, height, width) = {shape}")
     count = shape[0] * shape[1] * shape[2]
     if datum.data:
         if len(datum.data) != count:
@@ -80,9 +82,36 @@ def open_env(path: str | os.PathLike) -> lmdb.Environment:
                 env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=126)
             except lmdb.Error as exc:
                 raise DataError(f"cannot open LMDB {path}: {one_line(exc)}") from None
+            try:
+                check_not_truncated(env, path)
+            except DataError:
+                env.close()
+                raise
             _envs[key] = [env, 0]
         _envs[key][1] += 1
         return _envs[key][0]
+
+
+def needed_size(env: lmdb.Environment) -> int:
+    """The bytes data.mdb must hold: every page up to the last one the B-tree uses."""
+    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+
+
+def check_not_truncated(env: lmdb.Environment, path, needed: int | None = None) -> None:
+    """DataError if data.mdb is shorter than the pages its B-tree refers to.
+
+    LMDB reads through a memory map: touching a page past the end of a cut file (an
+    interrupted copy) is a SIGBUS that kills the interpreter, so check before reading.
+    """
+    data = Path(path) / "data.mdb"
+    needed = needed_size(env) if needed is None else needed
+    try:
+        actual = data.stat().st_size
+    except OSError as exc:
+        raise DataError(f"LMDB {path}: cannot read data.mdb ({exc.strerror})") from None
+    if actual < needed:
+        raise DataError(f"LMDB {path} is truncated: data.mdb holds {actual:,} bytes but its records "
+                        f"reach byte {needed:,} (an interrupted copy?); copy or convert it again")
 
 
 def release_env(env: lmdb.Environment) -> None:
@@ -110,6 +139,7 @@ class LMDBReader:
         self.is_color = is_color
         self.env = open_env(path)
         self.size = self.env.stat()["entries"]
+        self._needed = needed_size(self.env)
         self._txn = None
         if self.size == 0:
             self.close()
@@ -118,6 +148,7 @@ class LMDBReader:
 
     def first(self) -> tuple[str, np.ndarray, int]:
         """The first record, read in a transaction of its own."""
+        check_not_truncated(self.env, self.path, self._needed)
         with self.env.begin() as txn:
             key, value = next(iter(txn.cursor()))
         return self._decode(key, value)
@@ -137,6 +168,9 @@ class LMDBReader:
         return self._decode(key, value)
 
     def _advance(self) -> tuple[bytes, bytes]:
+        # The file may be cut while we train (a copy over it): one stat per record is
+        # cheap next to decoding it, and a SIGBUS cannot be caught.
+        check_not_truncated(self.env, self.path, self._needed)
         if self._cursor is None:
             self._txn = self.env.begin(buffers=False)
             self._cursor = self._txn.cursor()

@@ -153,6 +153,46 @@ class Prefetcher:
         self.batches += 1
         self._free.put(item)
 
+    def skip(self, n: int) -> None:
+        """Drop the next ``n`` batches, letting the source skip what it has not read yet.
+
+        Resuming a run fast-forwards every data layer: batches already prefetched are
+        dropped, and the source skips the rest without decoding (``skip_batches``); a
+        source that cannot skip fills and drops them.
+        """
+        if n <= 0:
+            return
+        if self._failure is not None:
+            raise self._failure
+        self._stop.set()  # pause the worker: the source is only touched by one thread at a time
+        self._thread.join()
+        self._stop.clear()
+        kept = []
+        while not self._ready.empty():
+            item = self._ready.get()
+            if isinstance(item, _Failure) or n == 0:
+                kept.append(item)
+                continue
+            n -= 1
+            if item.consumed is not None:
+                item.consumed.record()
+            self._free.put(item)
+        for item in kept:
+            self._ready.put(item)
+        if n and not kept:
+            try:
+                if not getattr(self.source, "skip_batches", lambda _: False)(n):
+                    slot = self._free.get()
+                    try:
+                        for _ in range(n):
+                            self.source.fill(slot.host)
+                    finally:
+                        self._free.put(slot)
+            except BaseException as exc:  # noqa: BLE001 - reported by next_into, as the worker's are
+                self._ready.put(_Failure(exc))
+        self._thread = threading.Thread(target=self._run, name=self._thread.name, daemon=True)
+        self._thread.start()
+
     def close(self) -> None:
         """Stop and join the worker, then close the source. Safe to call twice."""
         if self._closed:

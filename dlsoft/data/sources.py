@@ -27,6 +27,8 @@ MAX_EXACT_LABEL = 2 ** 24
 
 def check_label(label, where: str) -> int:
     """``label`` as an int, or DataError if a float32 label blob cannot hold it exactly."""
+    if label != label or label in (float("inf"), float("-inf")):
+        raise DataError(f"{where}: label {label} is not a number (labels are integers)")
     value = int(label)
     if value != label or abs(value) > MAX_EXACT_LABEL:
         raise DataError(f"{where}: label {label} is out of range (labels are integers "
@@ -68,6 +70,23 @@ class RecordBatchSource:
         self.transformer(self.staging, arrays[0])
         if self.with_labels:
             arrays[1][...] = self.labels
+
+    def skip_batches(self, n: int) -> bool:
+        """Skip ``n`` batches without decoding them (False if the reader cannot skip).
+
+        The transform's random numbers are drawn as if the batches had been made, so the
+        batches after a skip are those a run that never stopped would make.
+        """
+        skip = getattr(self.reader, "skip", None)
+        if skip is None:
+            return False
+        batch_size, records = len(self.staging), 0
+        for _ in range(n):  # as n calls of fill: this shard's gap, then its batch
+            records += self._skip + batch_size
+            self._skip = self.shard.between_skip(batch_size)
+            self.transformer.skip(batch_size)
+        skip(records)
+        return True
 
     def close(self) -> None:
         close = getattr(self.reader, "close", None)

@@ -55,14 +55,10 @@ class Transformer:
         c, h, w = self.in_shape
         return (c, self.crop, self.crop) if self.crop else (c, h, w)
 
-    def __call__(self, batch: np.ndarray, out: np.ndarray) -> None:
-        """Transform ``batch`` (N, C, H, W) (uint8 or float) into ``out`` (N, *out_shape) float32."""
-        if self._identity:
-            out[...] = batch
-            return
-        n = batch.shape[0]
-        crop_h, crop_w = out.shape[2:]
-        h, w = batch.shape[2:]
+    def _draw(self, n: int):
+        """The crop windows' top-left corners and the mirror flags of ``n`` examples."""
+        _, h, w = self.in_shape
+        crop_h, crop_w = self.out_shape[1:]
         mine, size = self.shard.chunk(n), n * self.shard.size  # draw for the global batch
         if self.phase == "TRAIN" and self.crop:
             tops = self.rng.integers(0, h - crop_h + 1, size=size)[mine]
@@ -71,6 +67,21 @@ class Transformer:
             tops = np.full(n, (h - crop_h) // 2)
             lefts = np.full(n, (w - crop_w) // 2)
         flips = self.rng.integers(0, 2, size=size)[mine].astype(bool) if self.mirror else np.zeros(n, bool)
+        return tops, lefts, flips
+
+    def skip(self, n: int) -> None:
+        """Draw the random numbers of ``n`` examples without transforming any (resume fast-forward)."""
+        if not self._identity:
+            self._draw(n)
+
+    def __call__(self, batch: np.ndarray, out: np.ndarray) -> None:
+        """Transform ``batch`` (N, C, H, W) (uint8 or float) into ``out`` (N, *out_shape) float32."""
+        if self._identity:
+            out[...] = batch
+            return
+        n = batch.shape[0]
+        crop_h, crop_w = out.shape[2:]
+        tops, lefts, flips = self._draw(n)
         if self.mean is not None and self.mean.shape[1:] != (1, 1):
             # A mean image is indexed at the source position, so subtract before cropping.
             source = batch.astype(np.float32) - self.mean

@@ -31,6 +31,8 @@ class ArgMaxLayer(Layer):
             self.outer, self.dim, self.inner = outer_dim_inner(shape, self.axis)
             top_shape = shape[:self.axis] + (p.top_k,) + shape[self.axis + 1:]
         else:
+            if not shape:
+                raise self.error("bottom is a scalar (0-d): ArgMax needs (N, ...) or an axis")
             self.outer, self.dim, self.inner = shape[0], bottoms[0].count_from(1), 1
             top_shape = [1] * max(len(shape), 3)
             top_shape[0], top_shape[1], top_shape[2] = shape[0], 2 if p.out_max_val else 1, p.top_k

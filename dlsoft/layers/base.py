@@ -145,6 +145,10 @@ class Layer:
     def close(self) -> None:
         """Release resources (prefetch threads, files). Called when the net is closed."""
 
+    def check_inputs(self, bottoms) -> None:
+        """After a non-finite loss: raise the error a host-side look at the bottoms finds (a
+        label out of range, say), so a device path can skip the check that would wait."""
+
     # ---- helpers for subclasses -----------------------------------------------------
     def make_blob(self, shape: Sequence[int], role: str = "") -> Blob:
         """A new blob on this layer's device (for learnable parameters or buffers), named

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..blob import check_allocation
 from .base import Layer
+from .helpers import canonical_axis
 from .fillers import fill
 from .im2col import Geometry, col2im_add, im2col_view, padded_input, unpad
 from .kernels.im2col import col2im_gpu, im2col_gpu
@@ -80,9 +82,13 @@ class _ConvolutionBase(Layer):
     def setup(self, bottoms, tops):
         p = self.param.convolution_param
         self.kernel, self.pad, self.stride, self.dilation = conv_window(self, p)
-        self.axis = bottoms[0].canonical_axis(p.axis)
+        self.axis = canonical_axis(self, bottoms[0], p.axis)
         _image_4d(self, bottoms[0], self.axis)
+        if bottoms[0].count == 0:
+            raise self.error(f"bottom of shape {bottoms[0].shape} is empty (a zero batch or zero channels)")
         self.group = p.group
+        if self.group <= 0:
+            raise self.error(f"group must be positive, got {self.group}")
         self.num_output = p.num_output
         channels = bottoms[0].shape[self.axis]
         if self.num_output <= 0:
@@ -106,6 +112,8 @@ class _ConvolutionBase(Layer):
             if b.shape != shape:
                 raise self.error(f"all bottoms must have one shape: {b.shape} != {shape}")
         outer, channels, height, width = _image_4d(self, bottoms[0], self.axis)
+        if bottoms[0].count == 0:
+            raise self.error(f"bottom of shape {shape} is empty (a zero batch): nothing to convolve")
         if channels != self.channels:
             raise self.error(f"bottom has {channels} channels, the weights expect {self.channels}")
         if self.transposed:
@@ -134,6 +142,10 @@ class _ConvolutionBase(Layer):
     def _allocate_buffers(self):
         xp, g, n = self.xp, self.geometry, self.chunk
         column_channels = self.channels if self.transposed else self.num_output
+        check_allocation(self.col_rows * n * self.plane, self.device, f"layer '{self.name}': its im2col buffer")
+        if g.pad != (0, 0):
+            check_allocation(n * g.channels * g.padded_shape[0] * g.padded_shape[1], self.device,
+                             f"layer '{self.name}': its padded input buffer")
         # Flat storage: a chunk of any size views a contiguous prefix, which BLAS needs.
         self._col_store = xp.empty(self.col_rows * n * self.plane, np.float32)
         self._columns_store = xp.empty(column_channels * n * self.plane, np.float32)
@@ -329,10 +341,12 @@ class Im2colLayer(Layer):
     def setup(self, bottoms, tops):
         p = self.param.convolution_param
         self.kernel, self.pad, self.stride, self.dilation = conv_window(self, p)
-        self.axis = bottoms[0].canonical_axis(p.axis)
+        self.axis = canonical_axis(self, bottoms[0], p.axis)
 
     def reshape(self, bottoms, tops):
         outer, channels, height, width = _image_4d(self, bottoms[0], self.axis)
+        if bottoms[0].count == 0:
+            raise self.error(f"bottom of shape {bottoms[0].shape} is empty")
         self.geometry = g = Geometry(channels, height, width, self.kernel, self.pad, self.stride, self.dilation)
         if min(g.out_shape) <= 0:
             raise self.error(f"input {bottoms[0].shape} is too small for kernel {self.kernel}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import Layer
+from .helpers import canonical_axis
 from .registry import register
 
 
@@ -25,7 +26,7 @@ class CropLayer(Layer):
         source, reference = bottoms[0].shape, bottoms[1].shape
         if len(source) != len(reference):
             raise self.error(f"bottoms must have the same number of axes: {source} vs {reference}")
-        axis = bottoms[0].canonical_axis(p.axis)
+        axis = canonical_axis(self, bottoms[0], p.axis)
         cropped = len(source) - axis
         offsets = list(p.offset)
         if len(offsets) not in (0, 1, cropped):

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import random as dl_random
 from ..data import digits
+from ..data.leveldb_io import LevelDBReader
 from ..data.lmdb_io import LMDBReader
 from ..data.prefetch import Prefetcher
 from ..data.shard import WHOLE, Shard
@@ -116,7 +117,8 @@ class DataLayer(_PrefetchingDataLayer):
     ``source: "builtin:digits/train"`` (``/test``, ``/all``) reads dlsoft's bundled MNIST
     digits (see ``dlsoft/data/digits/README.md``) with no database to prepare. Encoded
     (JPEG/PNG) records are decoded as stored, or forced to 3 or 1 channels by
-    ``transform_param.force_color`` / ``force_gray``. LEVELDB is not supported.
+    ``transform_param.force_color`` / ``force_gray``. ``backend: LEVELDB`` reads a LevelDB
+    through plyvel (the optional extra ``leveldb``).
     """
 
     type = "Data"
@@ -134,12 +136,12 @@ class DataLayer(_PrefetchingDataLayer):
             reader = ArrayReader(images, labels, source)
         else:
             is_lmdb_folder = os.path.isfile(os.path.join(source, "data.mdb"))
-            if p.backend == caffe_pb2.DataParameter.LEVELDB and (p.HasField("backend") or not is_lmdb_folder):
-                raise DataError(f"backend LEVELDB is not supported (source {source!r}): "
-                                "convert the data to LMDB and set backend: LMDB")
             t = self.param.transform_param
             is_color = True if t.force_color else False if t.force_gray else None
-            reader = LMDBReader(source, is_color=is_color)
+            if p.backend == caffe_pb2.DataParameter.LEVELDB and (p.HasField("backend") or not is_lmdb_folder):
+                reader = LevelDBReader(source, is_color=is_color)
+            else:
+                reader = LMDBReader(source, is_color=is_color)
         return self.record_source(reader, p.batch_size, num_tops > 1, legacy=p)
 
 

@@ -40,6 +40,10 @@ def filler_values(filler, shape: tuple[int, ...]) -> np.ndarray:
         values = np.full(shape, filler.value, dtype=np.float32)
     elif kind == "uniform":
         values = rng.uniform(filler.min, filler.max, size=shape)
+    elif kind == "gaussian" and not filler.std >= 0:
+        raise NetDefinitionError(f"gaussian filler: std must be >= 0, got {filler.std}")
+    elif kind == "uniform" and not (math.isfinite(filler.min) and math.isfinite(filler.max)):
+        raise NetDefinitionError(f"uniform filler: min and max must be finite, got {filler.min} and {filler.max}")
     elif kind == "gaussian":
         values = rng.normal(filler.mean, filler.std, size=shape)
         if filler.sparse >= 0:
@@ -51,6 +55,9 @@ def filler_values(filler, shape: tuple[int, ...]) -> np.ndarray:
         values = rng.uniform(0.0, 1.0, size=shape)
         rows = values.reshape(shape[0] if shape else 1, -1)
         rows /= rows.sum(axis=1, keepdims=True)
+    elif kind in ("xavier", "msra") and _fan(shape, filler.variance_norm) <= 0:
+        raise NetDefinitionError(f"{kind} filler: the blob of shape {shape} has no inputs to scale by "
+                                 "(fan-in/fan-out 0); give the layer a non-empty input or another filler")
     elif kind == "xavier":
         scale = math.sqrt(3.0 / _fan(shape, filler.variance_norm))
         values = rng.uniform(-scale, scale, size=shape)

@@ -8,15 +8,18 @@ override ``forward_gpu``/``backward_gpu`` with kernels; work buffers are sized i
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..errors import NetDefinitionError
 from .base import Layer
 
 
 def outer_dim_inner(shape: tuple[int, ...], axis: int, num_axes: int = 1) -> tuple[int, int, int]:
     """Split ``shape`` at ``[axis, axis + num_axes)`` into (outer, dim, inner) counts."""
     def prod(dims):
-        return int(np.prod(dims, dtype=np.int64))
+        return math.prod(dims)  # exact, where numpy's int64 product would wrap
     return prod(shape[:axis]), prod(shape[axis:axis + num_axes]), prod(shape[axis + num_axes:])
 
 
@@ -30,7 +33,7 @@ def canonical_axis(layer: Layer, blob, axis: int) -> int:
     """``blob.canonical_axis`` with the error naming the layer."""
     try:
         return blob.canonical_axis(axis)
-    except IndexError:
+    except NetDefinitionError:
         raise layer.error(f"axis {axis} out of range for bottom of shape {blob.shape}") from None
 
 

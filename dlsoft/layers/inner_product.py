@@ -45,6 +45,8 @@ class InnerProductLayer(Layer):
 
     def reshape(self, bottoms, tops):
         bottom = bottoms[0]
+        if bottom.count == 0:
+            raise self.error(f"bottom of shape {bottom.shape} is empty (a zero batch or zero inputs)")
         if bottom.count_from(self.axis) != self.num_input:
             raise self.error(f"input size {bottom.count_from(self.axis)} (shape {bottom.shape} "
                              f"flattened from axis {self.axis}) does not match the weights' {self.num_input}")

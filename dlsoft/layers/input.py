@@ -24,7 +24,12 @@ class InputLayer(Layer):
                              "(give one shape, or one per top)")
         for i, top in enumerate(tops):
             if shapes:
-                top.reshape(tuple(shapes[0 if len(shapes) == 1 else i].dim))
+                index = 0 if len(shapes) == 1 else i
+                dims = tuple(shapes[index].dim)
+                if any(d < 0 for d in dims):
+                    raise self.error(f"input_param.shape[{index}].dim {list(dims)} has a negative dimension "
+                                     "(Input takes sizes >= 0; -1 is for Reshape)")
+                top.reshape(dims)
 
     def reshape(self, bottoms, tops):
         """Input tops keep whatever shape the user gave them."""

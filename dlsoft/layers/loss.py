@@ -48,15 +48,36 @@ def normalizer(mode: str, outer: int, inner: int, valid_count):
 def read_labels(layer: Layer, label_data, out_int, limit: int, check: bool) -> None:
     """``out_int`` = the labels as integers (truncated, as Caffe's static_cast).
 
-    With ``check`` (the CPU path: on a GPU the check would wait for the device), a label
-    outside ``[0, limit)`` other than the layer's ``ignore_label`` is an error naming it.
+    With ``check``, a label outside ``[0, limit)`` other than the layer's ``ignore_label``
+    (NaN and infinities included) is an error naming it and its batch position. On a GPU
+    the check is one reduction and a wait for the device.
     """
     layer.xp.copyto(out_int, label_data.reshape(out_int.shape), casting="unsafe")
     if check and out_int.size:
-        valid = out_int[out_int != layer.ignore_label] if layer.has_ignore else out_int
-        if valid.size and (valid.min() < 0 or valid.max() >= limit):
-            bad = valid.min() if valid.min() < 0 else valid.max()
-            raise layer.error(f"label {int(bad)} out of range [0, {limit})")
+        check_labels(layer, label_data, out_int, limit)
+
+
+def check_labels(layer: Layer, label_data, labels, limit: int) -> None:
+    """One error naming the first label outside [0, limit) (not ignore_label), and its position.
+
+    ``labels`` are the integer labels: NaN and infinities were cast to the most negative
+    integer, so they are caught here, and shown as they were in ``label_data``.
+    """
+    ints = labels.reshape(-1)
+    bad = (ints < 0) | (ints >= limit)
+    if layer.has_ignore:
+        bad &= ints != layer.ignore_label
+    if not bool(bad.any()):
+        return
+    index = int(bad.argmax())
+    value = float(label_data.reshape(-1)[index])
+    shown = f"{value:g}" if value != value or not value.is_integer() else str(int(value))
+    per_example = max(ints.size // max(label_data.shape[0], 1), 1) if label_data.ndim else 1
+    where = f"position {index // per_example} of the batch" + \
+        (f" (label {index % per_example} of that example)" if per_example > 1 else "")
+    bottom = f" of bottom '{layer.param.bottom[1]}'" if len(layer.param.bottom) > 1 else ""
+    raise layer.error(f"label {shown} out of range [0, {limit}) at {where}{bottom}; labels are "
+                      "class indices: check the data's labels and num_output")
 
 
 class LossLayer(Layer):

@@ -29,14 +29,20 @@ class LRNLayer(Layer):
     def setup(self, bottoms, tops):
         p = self.param.lrn_param
         self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
-        if self.size % 2 != 1:
-            raise self.error(f"local_size must be odd, got {self.size}")
+        if self.size % 2 != 1 or self.size <= 0:
+            raise self.error(f"local_size must be odd and positive, got {self.size}")
         self.across = p.norm_region == p.ACROSS_CHANNELS
         self.scale_alpha = self.alpha / self.size if self.across else self.alpha / self.size ** 2
 
     def reshape(self, bottoms, tops):
         if bottoms[0].num_axes != 4:
             raise self.error(f"bottom must be 4-d (N, C, H, W), got shape {bottoms[0].shape}")
+        n, c, h, w = bottoms[0].shape
+        half = (self.size - 1) // 2
+        reach = c if self.across else max(h, w)
+        if half > reach:  # a window past twice the input only adds zero padding, and memory
+            raise self.error(f"local_size {self.size} is larger than the input allows ({2 * reach + 1} at most "
+                             f"for {'channels' if self.across else 'height/width'} of {reach})")
         tops[0].reshape(bottoms[0].shape)
         xp, shape = self.xp, bottoms[0].shape
         self._scale = xp.zeros(shape, np.float32)

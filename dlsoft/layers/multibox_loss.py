@@ -30,9 +30,8 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..protos import caffe_pb2
-from .base import Layer
 from .detection import jaccard_overlap
-from .loss import normalization_mode
+from .loss import LossLayer, normalization_mode
 from .registry import register
 
 P = caffe_pb2.MultiBoxLossParameter
@@ -81,13 +80,12 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
 
 
 @register
-class MultiBoxLossLayer(Layer):
+class MultiBoxLossLayer(LossLayer):
     """SSD's detection loss: smooth-L1 on matched boxes + softmax over positives and mined negatives."""
 
     type = "MultiBoxLoss"
     exact_num_bottoms = 4
     exact_num_tops = 1
-    default_loss_weight = 1.0
 
     def setup(self, bottoms, tops):
         p = self.param.multibox_loss_param

@@ -30,6 +30,8 @@ class SoftmaxLayer(Layer):
     def reshape(self, bottoms, tops):
         axis = canonical_axis(self, bottoms[0], self.param.softmax_param.axis)
         self.outer, self.dim, self.inner = outer_dim_inner(bottoms[0].shape, axis)
+        if self.dim == 0:
+            raise self.error(f"axis {axis} of the bottom {bottoms[0].shape} is empty: nothing to normalise over")
         if tops[0] is not bottoms[0]:
             tops[0].reshape(bottoms[0].shape)
         self.column = self.xp.empty((self.outer, 1, self.inner), dtype=np.float32)
@@ -111,6 +113,11 @@ class BatchNormLayer(Layer):
         self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else self.phase == TEST
         self.fraction = float(p.moving_average_fraction)
         self.eps = float(p.eps)
+        if bottoms[0].num_axes == 0:
+            raise self.error("bottom is a scalar (0-d): BatchNorm needs (N, C, ...) or (N,)")
+        if not 0 <= self.fraction <= 1 or not self.eps >= 0:
+            raise self.error(f"moving_average_fraction must be in [0, 1] and eps >= 0, got "
+                             f"{self.fraction} and {self.eps}")
         self.channels = 1 if bottoms[0].num_axes == 1 else bottoms[0].shape[1]
         if not self.blobs:
             self.blobs = [self.make_blob((self.channels,), "mean"),

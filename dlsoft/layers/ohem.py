@@ -26,8 +26,9 @@ import numpy as np
 
 from ..backend import to_numpy
 from .base import Layer
-from .loss import LossLayer, normalization_mode
+from .loss import normalization_mode
 from .registry import register
+from .smooth_l1_loss import SmoothL1LossLayer
 from .softmax_loss import SoftmaxWithLossLayer
 
 
@@ -58,37 +59,28 @@ class SoftmaxWithLossOHEMLayer(SoftmaxWithLossLayer):
 
 
 @register
-class SmoothL1LossOHEMLayer(LossLayer):
-    """R-FCN's smooth L1 (σ = 1) with loss_param normalisation and a per-region loss top."""
+class SmoothL1LossOHEMLayer(SmoothL1LossLayer):
+    """R-FCN's smooth L1: Fast R-CNN's with σ = 1, an optional third bottom of (inside)
+    weights, loss_param normalisation and a per-region loss top."""
 
     type = "SmoothL1LossOHEM"
-    min_bottoms = 2
     max_bottoms = 3
     max_tops = 2
 
     def setup(self, bottoms, tops):
+        self.sigma2 = 1.0
         self.mode = normalization_mode(self, "VALID")
 
     def reshape(self, bottoms, tops):
         super().reshape(bottoms, tops)
         shape = bottoms[0].shape
-        for i, b in enumerate(bottoms[1:], start=1):
-            if b.count != bottoms[0].count:
-                raise self.error(f"bottom {i} has shape {b.shape}; bottom 0 has {shape}: they must have one size")
         if len(shape) < 2:
             raise self.error(f"bottom 0 must be N×C(×H×W), got shape {shape}")
         self.outer, self.channels, self.inner = shape[0], shape[1], bottoms[0].count_from(2)
-        xp = self.xp
-        self.diff = xp.empty(shape, dtype=np.float32)
-        self.errors = xp.empty(shape, dtype=np.float32)
-        self.quadratic = xp.empty(shape, dtype=bool)
         if len(tops) > 1:
             tops[1].reshape((self.outer, 1, *shape[2:]))
 
-    def allow_backward_to(self, bottom_index):
-        return bottom_index < 2
-
-    def normalizer(self) -> float:
+    def divisor(self) -> float:
         if self.mode == "PRE_FIXED":
             return float(self.param.loss_param.pre_fixed_normalizer)
         n = {"VALID": self.outer * self.inner, "FULL": self.outer * self.inner, "BATCH_SIZE": self.outer,
@@ -96,32 +88,10 @@ class SmoothL1LossOHEMLayer(LossLayer):
         return float(max(n, 1))
 
     def forward_cpu(self, bottoms, tops):
-        xp, d, e = self.xp, self.diff, self.errors
-        xp.subtract(bottoms[0].data, bottoms[1].data.reshape(d.shape), out=d)
-        if len(bottoms) > 2:
-            d *= bottoms[2].data.reshape(d.shape)
-        xp.abs(d, out=e)
-        xp.less(e, 1.0, out=self.quadratic)
-        e -= 0.5
-        xp.copyto(e, 0.5 * d * d, where=self.quadratic)
-        tops[0].data[...] = e.sum() / self.normalizer()
+        super().forward_cpu(bottoms, tops)
         if len(tops) > 1:
-            view = e.reshape(self.outer, self.channels, self.inner)
-            xp.sum(view, axis=1, out=tops[1].data.reshape(self.outer, self.inner))
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        if not (propagate_down[0] or propagate_down[1]):
-            return
-        xp, g = self.xp, self.errors  # reused as the gradient buffer
-        xp.sign(self.diff, out=g)
-        xp.copyto(g, self.diff, where=self.quadratic)
-        if len(bottoms) > 2:
-            g *= bottoms[2].data.reshape(g.shape)
-        g *= tops[0].diff / self.normalizer()
-        if propagate_down[0]:
-            xp.copyto(bottoms[0].diff, g)
-        if propagate_down[1]:
-            xp.negative(g, out=bottoms[1].diff.reshape(g.shape))
+            view = self.errors.reshape(self.outer, self.channels, self.inner)
+            self.xp.sum(view, axis=1, out=tops[1].data.reshape(self.outer, self.inner))
 
 
 @register

@@ -1,6 +1,7 @@
-"""Pooling (Caffe semantics: MAX and AVE windows with Caffe's ceil rule; STOCHASTIC is refused).
+"""Pooling (Caffe semantics: MAX and AVE windows with Caffe's ceil rule; STOCHASTIC).
 
-On the GPU the windows are CUDA kernels (``kernels/pooling.py``).
+On the GPU the MAX and AVE windows are CUDA kernels (``kernels/pooling.py``); STOCHASTIC
+is array code on the blobs' module, one body for both devices.
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 
 import numpy as np
 
+from .. import random as dl_random
+from ..blob import check_allocation
 from ..protos import caffe_pb2
 from .base import Layer
 from .kernels import i32, launch
@@ -25,6 +28,7 @@ def pooled_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool =
 
 
 MAX = caffe_pb2.PoolingParameter.MAX
+STOCHASTIC = caffe_pb2.PoolingParameter.STOCHASTIC
 
 
 @register
@@ -37,6 +41,14 @@ class PoolingLayer(Layer):
     ``(min(start + k, in + pad) - start)`` per axis, not by the valid pixel count.
     On the CPU a NaN in a window makes the MAX output NaN (as PyTorch; Caffe skips it),
     which the solver's non-finite guard then reports.
+
+    STOCHASTIC (Zeiler & Fergus; Caffe's GPU code, for non-negative inputs such as ReLU
+    outputs): windows start at ``y*s`` and are clipped to the input, ignoring ``pad`` as
+    Caffe does. TRAIN draws ``u·Σ`` (u uniform in [0, 1), Σ the window's sum) and outputs
+    the first element, in window order, at which the running sum reaches it, so each
+    element is picked with probability ``x/Σ``; backward routes the gradient to the element
+    picked. TEST outputs the probability-weighted average ``Σx²/Σx`` (0 for an all-zero
+    window), whose gradient is ``(2·x·Σx - Σx²)/(Σx)²``.
     """
 
     type = "Pooling"
@@ -47,8 +59,6 @@ class PoolingLayer(Layer):
     def setup(self, bottoms, tops):
         p = self.param.pooling_param
         self.method = p.pool
-        if self.method == p.STOCHASTIC:
-            raise self.error("STOCHASTIC pooling is not supported (use MAX or AVE)")
         if len(tops) > 1 and self.method != p.MAX:
             raise self.error("only MAX pooling has a second (mask) top")
         has_kernel = p.HasField("kernel_h") or p.HasField("kernel_w")
@@ -71,6 +81,8 @@ class PoolingLayer(Layer):
             raise self.error("global_pooling needs pad 0 and stride 1")
         if min(self.stride) <= 0:
             raise self.error(f"stride {self.stride} must be positive")
+        if not self.global_pooling and min(self.kernel) <= 0:
+            raise self.error(f"kernel {self.kernel} must be positive")
         if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
             raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil_mode = p.round_mode == p.CEIL
@@ -90,6 +102,9 @@ class PoolingLayer(Layer):
             self.kernel = (height, width)
         self.out = tuple(pooled_size(size, k, p, s, self.ceil_mode) for size, k, p, s in
                          zip((height, width), self.kernel, self.pad, self.stride))
+        if min(self.out) <= 0 or bottoms[0].count == 0:
+            raise self.error(f"kernel {self.kernel} with pad {self.pad} does not fit the {height}x{width} input "
+                             f"of shape {bottoms[0].shape} (output would be {self.out})")
         for top in tops:
             top.reshape(n, c, *self.out)
         self._shape = bottoms[0].shape
@@ -104,6 +119,9 @@ class PoolingLayer(Layer):
         self._disjoint = sh >= kh and sw >= kw
         self._covering = self._disjoint and (sh, sw) == (kh, kw) and (oh * sh, ow * sw) == (height, width)
         self._padded = self._mask = None  # one path's work buffers: see _cpu_buffers, _gpu_mask
+        padded = (n, c, max((oh - 1) * sh + kh, height + ph), max((ow - 1) * sw + kw, width + pw))
+        check_allocation(2 * math.prod(padded), self.device, f"layer '{self.name}': the padded work buffers "
+                         f"{padded} its windows need (stride {self.stride}, kernel {self.kernel})")
 
     def _cpu_buffers(self) -> None:
         """The CPU path's work buffers, made on first use after a reshape."""
@@ -138,6 +156,8 @@ class PoolingLayer(Layer):
         return ((i * kw + j, i, j) for i in range(kh) for j in range(kw))
 
     def forward_cpu(self, bottoms, tops):
+        if self.method == STOCHASTIC:
+            return self._stochastic_forward(bottoms, tops)
         self._cpu_buffers()
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
         if self._direct:  # every window lies inside the input: read it in place
@@ -169,6 +189,8 @@ class PoolingLayer(Layer):
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
+        if self.method == STOCHASTIC:
+            return self._stochastic_backward(tops, bottoms)
         self._cpu_buffers()
         (ph, pw), (_, height, width) = self.pad, bottoms[0].shape[1:]
         dy = tops[0].diff
@@ -203,6 +225,8 @@ class PoolingLayer(Layer):
         return tuple(map(i32, (height, width, *self.out, *self.kernel, *self.stride, *self.pad)))
 
     def forward_gpu(self, bottoms, tops):
+        if self.method == STOCHASTIC:
+            return self._stochastic_forward(bottoms, tops)
         top, args = tops[0].data, self._kernel_args(bottoms[0])
         if self.method == MAX:
             launch("dl_max_pool_forward", top.size, bottoms[0].data, top, self._gpu_mask(tops),
@@ -213,8 +237,53 @@ class PoolingLayer(Layer):
     def backward_gpu(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
+        if self.method == STOCHASTIC:
+            return self._stochastic_backward(tops, bottoms)
         dx, args = bottoms[0].diff, self._kernel_args(bottoms[0])
         if self.method == MAX:
             launch("dl_max_pool_backward", dx.size, tops[0].diff, self._gpu_mask(tops), dx, np.int64(dx.size), *args)
         else:
             launch("dl_ave_pool_backward", dx.size, tops[0].diff, dx, np.int64(dx.size), *args)
+
+    # ---- STOCHASTIC: array code on self.xp, for both devices -------------------------------
+    def _stochastic_windows(self, source):
+        """(n, c, oh, ow, kh·kw) of the windows starting at ``y*s`` (no pad), zero past the edge."""
+        n, c, height, width = source.shape
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out
+        buffer = self.xp.zeros((n, c, max((oh - 1) * sh + kh, height), max((ow - 1) * sw + kw, width)),
+                               dtype=np.float32)
+        buffer[:, :, :height, :width] = source
+        return self.xp.stack([self._window(buffer, i, j) for _, i, j in self._offsets()], axis=-1)
+
+    def _stochastic_forward(self, bottoms, tops):
+        xp = self.xp
+        windows = self._stochastic_windows(bottoms[0].data)
+        total = windows.sum(axis=-1)
+        if self.phase == "TRAIN":
+            threshold = dl_random.xp_rng(xp).random(total.shape, dtype=np.float32) * total
+            running = xp.cumsum(windows, axis=-1)
+            # the first element whose running sum reaches the threshold (Caffe's ">=")
+            picked = xp.minimum((running < threshold[..., None]).sum(axis=-1), windows.shape[-1] - 1)
+            self._picked = picked
+            tops[0].data[...] = xp.take_along_axis(windows, picked[..., None], axis=-1)[..., 0]
+        else:
+            squares = (windows * windows).sum(axis=-1)
+            tops[0].data[...] = xp.where(total > 0, squares / xp.where(total > 0, total, 1), 0)
+
+    def _stochastic_backward(self, tops, bottoms):
+        xp, dy = self.xp, tops[0].diff
+        n, c, height, width = bottoms[0].shape
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out
+        diff = xp.zeros((n, c, max((oh - 1) * sh + kh, height), max((ow - 1) * sw + kw, width)), dtype=np.float32)
+        if self.phase == "TRAIN":
+            for offset, i, j in self._offsets():
+                self._window(diff, i, j)[...] += dy * (self._picked == offset)
+        else:
+            windows = self._stochastic_windows(bottoms[0].data)
+            total = windows.sum(axis=-1)
+            squares = (windows * windows).sum(axis=-1)
+            safe = xp.where(total > 0, total, 1)
+            for offset, i, j in self._offsets():
+                grad = (2 * windows[..., offset] * total - squares) / (safe * safe)
+                self._window(diff, i, j)[...] += xp.where(total > 0, dy * grad, 0)
+        bottoms[0].diff[...] = diff[:, :, :height, :width]

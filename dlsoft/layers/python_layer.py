@@ -5,6 +5,8 @@
 plus the current working directory (added for this purpose, since dlsoft is usually
 started from a console script whose ``sys.path`` lacks it). The prototxt's own folder is
 not known to a layer: put the module next to where you run dlsoft, or on PYTHONPATH.
+A net with a Python layer runs that code: ``$DLSOFT_NO_CWD_MODULES=1`` (the CLI's
+``--no-cwd-modules``) keeps the working directory out of the lookup.
 
 The user's class follows pycaffe's ``caffe.Layer``: it may subclass
 :class:`PythonLayerBase` (or nothing at all) and defines
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from ..backend import CPU
@@ -74,11 +77,30 @@ class PythonLayerBase:
         """Default: no gradient."""
 
 
+#: Set (to anything but "" or "0") to stop Python layers importing modules from the
+#: working directory; the CLI's ``--no-cwd-modules`` sets it.
+NO_CWD_ENV = "DLSOFT_NO_CWD_MODULES"
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def cwd_modules_allowed() -> bool:
+    return os.environ.get(NO_CWD_ENV, "") in ("", "0")
+
+
 def _import_user_class(layer: Layer, module_name: str, class_name: str):
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
     where = f"module '{module_name}', class '{class_name}'"
+    if not _MODULE_RE.fullmatch(module_name):
+        raise layer.error(f"python_param {where}: module must be a dotted Python module name "
+                          "(like my_layers or pkg.layers), not a path or a relative import")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", class_name):
+        raise layer.error(f"python_param {where}: layer must be a Python class name")
+    cwd = os.getcwd()
+    if cwd_modules_allowed():
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.append(cwd)
+    elif cwd in sys.path or "" in sys.path:
+        sys.path[:] = [p for p in sys.path if p not in ("", cwd)]  # pycaffe-style lookup switched off
+        cwd = f"(not {cwd}: {NO_CWD_ENV} is set)"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import random as dl_random
-from .base import TRAIN, Layer
-from .neuron import NeuronLayer
+from .base import TRAIN
+from .dropout import DropoutLayer
+from .neuron import ELULayer
 from .registry import register
 
 
 @register
-class SeLuLayer(NeuronLayer):
-    """``y = λ·(x > 0 ? x : α·(exp(x) - 1))``; ``dx = dy·(y > 0 ? λ : y + λ·α)``."""
+class SeLuLayer(ELULayer):
+    """``y = λ·(x > 0 ? x : α·(exp(x) - 1))`` (λ times ELU); ``dx = dy·(y > 0 ? λ : y + λ·α)``."""
 
     type = "SeLu"
     forward_kernel = ("float32 x, float32 lam, float32 alpha", "float32 y",
@@ -39,12 +39,7 @@ class SeLuLayer(NeuronLayer):
         return {"lam": self.lam, "alpha": self.alpha}
 
     def compute(self, x, y):
-        xp, w = self.xp, self.work
-        xp.minimum(x, 0, out=w)
-        xp.expm1(w, out=w)
-        w *= self.alpha
-        xp.maximum(x, 0, out=y)
-        y += w
+        super().compute(x, y)
         y *= self.lam
 
     def gradient(self, x, y, dy, dx):
@@ -55,13 +50,14 @@ class SeLuLayer(NeuronLayer):
 
 
 @register
-class SeLuDropoutLayer(Layer):
-    """Alpha dropout: TRAIN ``y = a·(m ? x : α') + b``, ``dx = dy·m·a``; TEST ``y = x``."""
+class SeLuDropoutLayer(DropoutLayer):
+    """Alpha dropout: TRAIN ``y = a·(m ? x : α') + b``, ``dx = dy·m·a``; TEST ``y = x``.
+
+    Dropout's mask, in-place handling and backward (``dx = dy·m·scale``, here ``scale = a``),
+    with the affine shift and the dropped units' value added to its forward.
+    """
 
     type = "SeLuDropout"
-    exact_num_bottoms = 1
-    exact_num_tops = 1
-    supports_in_place = True
 
     def setup(self, bottoms, tops):
         p = self.param.selu_dropout_param
@@ -69,37 +65,13 @@ class SeLuDropoutLayer(Layer):
         if not 0.0 < self.ratio < 1.0:
             raise self.error(f"selu_dropout_param.dropout_ratio {self.ratio} must be in (0, 1)")
         q = 1.0 - self.ratio
-        self.a = (q * (1.0 + alpha * alpha * (1.0 - q))) ** -0.5
-        self.b = -self.a * (1.0 - q) * alpha
-        self.dropped_value = self.a * alpha + self.b  # what a dropped unit becomes
-
-    def reshape(self, bottoms, tops):
-        if tops[0] is not bottoms[0]:
-            tops[0].reshape(bottoms[0].shape)
-        if self.phase == TRAIN:
-            self.uniform = self.xp.empty(bottoms[0].shape, dtype=np.float32)
-            self.mask = self.xp.empty(bottoms[0].shape, dtype=bool)
+        self.scale = (q * (1.0 + alpha * alpha * (1.0 - q))) ** -0.5   # a
+        self.shift = -self.scale * (1.0 - q) * alpha                   # b
+        self.dropped_value = self.scale * alpha + self.shift          # what a dropped unit becomes
 
     def forward_cpu(self, bottoms, tops):
-        xp = self.xp
-        x, y = bottoms[0].data, tops[0].data
-        if self.phase != TRAIN:
-            if tops[0] is not bottoms[0]:
-                xp.copyto(y, x)
-            return
-        dl_random.xp_rng(xp).random(dtype=np.float32, out=self.uniform)
-        xp.greater_equal(self.uniform, self.ratio, out=self.mask)   # kept with probability q
-        xp.multiply(x, self.a, out=y)
-        y += self.b
-        xp.copyto(y, np.float32(self.dropped_value), where=~self.mask)
-
-    def backward_cpu(self, tops, propagate_down, bottoms):
-        if not propagate_down[0]:
-            return
-        xp, dy, dx = self.xp, tops[0].diff, bottoms[0].diff
-        if self.phase != TRAIN:
-            if tops[0] is not bottoms[0]:
-                xp.copyto(dx, dy)
-            return
-        xp.multiply(dy, self.mask, out=dx)
-        dx *= self.a
+        super().forward_cpu(bottoms, tops)   # TRAIN: y = a·x·m
+        if self.phase == TRAIN:
+            y = tops[0].data
+            y += self.shift
+            self.xp.copyto(y, np.float32(self.dropped_value), where=~self.mask)

@@ -44,6 +44,10 @@ class SmoothL1LossLayer(LossLayer):
         self.quadratic = xp.empty(shape, dtype=bool)
         self.num = max(shape[0], 1) if shape else 1
 
+    def divisor(self) -> float:
+        """What the summed loss is divided by: N, the first axis (Fast R-CNN's rule)."""
+        return float(self.num)
+
     def allow_backward_to(self, bottom_index):
         return bottom_index < 2
 
@@ -62,7 +66,7 @@ class SmoothL1LossLayer(LossLayer):
         xp.copyto(e, 0.5 * self.sigma2 * d * d, where=self.quadratic)
         if outside is not None:
             e *= outside
-        tops[0].data[...] = e.sum() / self.num
+        tops[0].data[...] = e.sum() / self.divisor()
 
     def backward_cpu(self, tops, propagate_down, bottoms):
         if not (propagate_down[0] or propagate_down[1]):
@@ -74,7 +78,7 @@ class SmoothL1LossLayer(LossLayer):
             weight = self._weight(bottoms, index)
             if weight is not None:
                 g *= weight
-        g *= tops[0].diff / self.num
+        g *= tops[0].diff / self.divisor()
         if propagate_down[0]:
             xp.copyto(bottoms[0].diff, g)
         if propagate_down[1]:

@@ -44,7 +44,7 @@ class _SoftmaxLabelLoss(LossLayer):
 
     def forward_gpu(self, bottoms, tops):
         softmax_kernel(self.view3(bottoms[0].data), self.prob)
-        read_labels(self, bottoms[1].data, self.labels, self.dim, check=False)  # checking would wait
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check=True)  # as the CPU path (one wait)
         self.compute_valid()
         self.forward_loss(bottoms, tops)
 
@@ -129,6 +129,16 @@ class SoftmaxWithLossLayer(_SoftmaxLabelLoss):
         kernels.launch("dl_softmax_loss_forward", self.outer * self.inner, self.prob, bottoms[1].data,
                self.loss_terms, self.counts, *self._shape_args())
         self.write_loss(tops, self.loss_terms.sum(), self.counts.sum())
+        # Labels are checked without waiting for the device: a bad one makes the loss NaN,
+        # and the net's host-side look (check_inputs) then names it as the CPU path does.
+        xp, labels = self.xp, bottoms[1].data
+        bad = (labels <= -1) | (labels >= self.dim) | (labels != labels)
+        if self.has_ignore:
+            bad &= labels != self.ignore_label
+        tops[0].data[...] += xp.where(bad.any(), xp.float32(np.nan), xp.float32(0))
+
+    def check_inputs(self, bottoms) -> None:
+        read_labels(self, bottoms[1].data, self.labels, self.dim, check=True)
 
     def backward_gpu(self, tops, propagate_down, bottoms):
         self.refuse_label_backward(propagate_down)

@@ -22,7 +22,7 @@ from ..errors import DlsoftError
 from ..fileio import atomic_write_text
 from ..zoo_ref import is_zoo_ref, parse_zoo_ref
 from .entry import (CAFFE_README, KINDS, NAME_RE, ZOO_FILE, Entry, KIND_ALIASES,
-                    checksum_of, dump_yaml, file_digest)
+                    check_name, checksum_of, dump_yaml, file_digest, inside)
 from .fetch import Progress, cache_dir, download, join_location
 from .index import add_index, added_indexes, config_file, index_cache_dir, index_entries, remove_index
 from .publish import publish
@@ -66,6 +66,8 @@ def list_entries() -> list[Entry]:
 def get_entry(name: str) -> Entry:
     """The entry called ``name`` (``zoo:`` prefix allowed), or a folder path holding an entry."""
     name = parse_zoo_ref(name)[0] if is_zoo_ref(name) else name
+    if name in (".", ".."):  # never a name; a folder is written with a separator ("../")
+        raise DlsoftError(f"'{name}' is not a zoo entry name (for the folder, write '{name}/')")
     if "/" in name or not NAME_RE.match(name):
         if Path(name).is_dir():
             return Entry.from_folder(Path(name))
@@ -102,7 +104,11 @@ def _record(entry: Entry, key: str) -> tuple[str, dict]:
 def _cache_path(entry: Entry, record: dict) -> Path:
     file_name = Path(str(record.get("path") or record.get("url"))).name
     base = index_cache_dir(entry.base) if entry.base else cache_dir() / "zoo"
-    return base / entry.name / file_name
+    check_name(entry.name)
+    if file_name in ("", ".", ".."):
+        raise DlsoftError(f"zoo entry '{entry.name}': no file name in {record}")
+    base.mkdir(parents=True, exist_ok=True)
+    return inside(base, base / entry.name / file_name, f"zoo entry '{entry.name}'")
 
 
 _verified: set[tuple] = set()
@@ -126,15 +132,16 @@ def _check_local(path: Path, record: dict) -> None:
 
 
 def local_path(entry: Entry, key: str, *, download_missing: bool = False, progress: Progress | None = None,
-               timeout: float = 30) -> Path:
+               timeout: float = 30, allow_unverified: bool = False) -> Path:
     """The local file of ``entry`` playing ``key`` (a role or file name).
 
     A file missing locally is downloaded only with ``download_missing``; otherwise a
-    DlsoftError says how to fetch it.
+    DlsoftError says how to fetch it. Weights without a recorded checksum are
+    downloaded only with ``allow_unverified``.
     """
     role, record = _record(entry, key)
     if entry.folder is not None and record.get("path"):
-        path = entry.folder / record["path"]
+        path = inside(entry.folder, entry.folder / record["path"], f"zoo entry '{entry.name}' {role}")
         if path.is_file():
             _check_local(path, record)
             return path
@@ -147,6 +154,10 @@ def local_path(entry: Entry, key: str, *, download_missing: bool = False, progre
     if not download_missing:
         raise DlsoftError(f"the {role} of zoo entry '{entry.name}' is not downloaded yet: "
                           f"run `dlsoft zoo fetch {entry.name}`")
+    if role == "weights" and checksum_of(record) is None and not allow_unverified:
+        raise DlsoftError(f"the weights of zoo entry '{entry.name}' have no recorded checksum, so they "
+                          f"cannot be verified: fetch them with `dlsoft zoo fetch {entry.name} "
+                          "--allow-unverified` (allow_unverified=True) if you trust the source")
     return download(location, dest, record, progress=progress, timeout=timeout)
 
 
@@ -224,7 +235,7 @@ def resolve(ref, kind: str = "model", *, download_missing: bool | None = None,
                       timeout=timeout)
 
 
-def fetch(name: str, progress: Progress | None = None, timeout: float = 30) -> Path:
+def fetch(name: str, progress: Progress | None = None, timeout: float = 30, allow_unverified: bool = False) -> Path:
     """Download what ``name`` needs that is not here yet (weights, and an index entry's configs).
 
     Returns the local weights path. Verified against the recorded checksum; a partial
@@ -234,7 +245,8 @@ def fetch(name: str, progress: Progress | None = None, timeout: float = 30) -> P
     for role in entry.files:
         if role != "weights":
             local_path(entry, role, download_missing=True, timeout=timeout)
-    return local_path(entry, "weights", download_missing=True, progress=progress, timeout=timeout)
+    return local_path(entry, "weights", download_missing=True, progress=progress, timeout=timeout,
+                      allow_unverified=allow_unverified)
 
 
 def load(name: str, device="cpu", progress: Progress | None = None, timeout: float = 30):
@@ -248,7 +260,8 @@ def load(name: str, device="cpu", progress: Progress | None = None, timeout: flo
 
 
 def copy_entry(name: str, dest_dir: str | Path, *, weights: bool = True, fetch_weights: bool = False,
-               overwrite: bool = False, progress: Progress | None = None, timeout: float = 30) -> list[Path]:
+               overwrite: bool = False, progress: Progress | None = None, timeout: float = 30,
+               allow_unverified: bool = False) -> list[Path]:
     """Copy an entry's configs (and weights, when here or ``fetch_weights``) to ``dest_dir``.
 
     The copy is an entry folder of its own (with zoo.yaml) to edit, retrain and publish.
@@ -272,7 +285,8 @@ def copy_entry(name: str, dest_dir: str | Path, *, weights: bool = True, fetch_w
             continue
         try:
             sources[file_name] = local_path(entry, role, download_missing=role != "weights" or fetch_weights,
-                                            progress=progress, timeout=timeout)
+                                            progress=progress, timeout=timeout,
+                                            allow_unverified=allow_unverified)
         except DlsoftError:
             if role != "weights":
                 raise

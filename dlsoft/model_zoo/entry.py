@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import yaml
 
@@ -41,6 +41,59 @@ KIND_ALIASES = {"model": "deploy", "caffemodel": "weights"}
 DEFAULT_FILES = {"deploy": "deploy.prototxt", "train_val": "train_val.prototxt",
                  "solver": "solver.prototxt"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_name(name: str, where: str | None = None) -> str:
+    """``name`` if it is a valid entry name: it becomes a folder of the cache, so no separators, no ``..``."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise DlsoftError(f"entry name {name!r} is not allowed: use letters, digits and '_', '.', '-' "
+                          "(no path separators, no '..')", path=where)
+    return name
+
+
+def check_relative_path(value, what: str, where: str | None = None) -> str:
+    """``value`` if it is a relative path that stays below its folder (no absolute path, no ``..``)."""
+    text = str(value) if value is not None else ""
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if not text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() \
+            or PureWindowsPath(text).drive or ".." in parts:
+        raise DlsoftError(f"{what}: path {text!r} is not allowed: it must be relative to the entry "
+                          "(or index) folder and stay inside it (not absolute, no '..')", path=where)
+    return text
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """``path`` if it resolves (links followed) to a place under ``root``; else a DlsoftError."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise DlsoftError(f"{what}: {path} resolves to {resolved}, outside {base}; refused")
+    return path
+
+
+def check_records(meta: dict, where: str | None, remote: bool = False) -> None:
+    """Validate every file record of an entry: paths relative and inside, URLs http(s) only.
+
+    ``file://`` URLs and absolute paths are refused everywhere: an entry (or an index
+    someone shares) must not make the zoo copy local files into the cache.
+    """
+    name = meta.get("name", "?")
+    records = [(f"entry '{name}' file '{role}'", rec) for role, rec in dict(meta.get("files") or {}).items()]
+    if meta.get("fetch"):
+        records.append((f"entry '{name}' fetch", meta["fetch"]))
+    for what, record in records:
+        if not isinstance(record, dict):
+            raise DlsoftError(f"{what}: expected a mapping with path/url, sha256 and size", path=where)
+        if record.get("path") is not None:
+            check_relative_path(record["path"], what, where)
+        url = record.get("url")
+        if url is not None:
+            scheme = str(url).split(":", 1)[0].lower() if ":" in str(url) else ""
+            if scheme not in ("http", "https"):
+                raise DlsoftError(f"{what}: url {url!r} is not allowed: only http:// and https:// URLs "
+                                  "(not file:// or local paths)", path=where)
+        size = record.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise DlsoftError(f"{what}: size {size!r} is not a byte count", path=where)
 
 
 def canonical_kind(kind: str) -> str:
@@ -148,7 +201,10 @@ class Entry:
         else:
             raise DlsoftError(f"{folder} is not a zoo entry: it holds neither {ZOO_FILE} nor {CAFFE_README}")
         name = str(meta.get("name") or folder.name)
+        where = str(folder / (ZOO_FILE if (folder / ZOO_FILE).is_file() else CAFFE_README))
+        check_name(name, where)
         meta["name"] = name
+        check_records(meta, where)
         files = dict(meta.get("files") or {})
         for kind, file_name in DEFAULT_FILES.items():  # conventional names need no record
             if kind not in files and (folder / file_name).is_file():
@@ -182,6 +238,7 @@ def meta_from_caffe_readme(path: Path) -> dict:
     sha1 = re.search(r"^sha1:\s*['\"]?([0-9a-fA-F]+)", match.group(1), re.M)
     caffemodel = front.get("caffemodel")
     if caffemodel:
+        caffemodel = check_relative_path(caffemodel, "caffemodel", str(path))
         checksum = {"sha1": sha1.group(1).lower()} if sha1 else {}
         if (path.parent / caffemodel).is_file():
             meta["files"] = {"weights": {"path": caffemodel, **checksum}}

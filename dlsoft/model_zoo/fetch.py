@@ -24,6 +24,28 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, "int | None"], None]
 CHUNK = 1 << 16
 USER_AGENT = "dlsoft-zoo"
+#: The most bytes a download without a recorded size may bring (``$DLSOFT_ZOO_MAX_BYTES``
+#: changes it): a record's ``size`` is the limit when it has one.
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+def max_bytes() -> int:
+    value = os.environ.get("DLSOFT_ZOO_MAX_BYTES", "")
+    return int(value) if value.isdigit() else DEFAULT_MAX_BYTES
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s): a server must not send the download to ftp:// or file://."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme
+        if scheme not in ("http", "https"):
+            raise DlsoftError(f"cannot fetch {req.full_url}: the server's redirect to {newurl} leaves "
+                              "http(s); refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 def cache_dir() -> Path:
@@ -69,6 +91,12 @@ def download(location: str, dest: str | Path, record: dict | None = None, *,
         try:
             _transfer(location, part, expected_size, progress, timeout)
             break
+        except _TooLarge as exc:
+            part.unlink(missing_ok=True)
+            what = (f"more than the recorded {exc.limit:,} bytes" if expected_size is not None else
+                    f"more than {exc.limit:,} bytes, the cap for files of no recorded size "
+                    "($DLSOFT_ZOO_MAX_BYTES changes it)")
+            raise DlsoftError(f"refused {location}: the server sent {what}; the download was deleted") from None
         except _Interrupted as exc:
             got = part.stat().st_size if part.exists() else 0
             attempts += 1
@@ -79,6 +107,12 @@ def download(location: str, dest: str | Path, record: dict | None = None, *,
     _verify_part(location, part, record, warn_unverified=verify)
     os.replace(part, dest)
     return dest
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
 
 
 class _Interrupted(Exception):
@@ -100,7 +134,8 @@ def _transfer(location: str, part: Path, expected_size: int | None, progress: Pr
             total = os.path.getsize(source)
             with open(source, "rb") as src, open(part, "ab") as out:
                 src.seek(offset)
-                _copy(src, out, offset, total, progress)
+                limit = expected_size if expected_size is not None else max_bytes()
+                _copy(src, out, offset, total, progress, limit)
         except OSError as exc:
             raise DlsoftError(f"cannot fetch {location}: {exc.strerror or exc}") from None
         return
@@ -111,7 +146,7 @@ def _transfer(location: str, part: Path, expected_size: int | None, progress: Pr
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing after offset: the .part is complete
             return
@@ -132,9 +167,10 @@ def _transfer(location: str, part: Path, expected_size: int | None, progress: Pr
             offset, total, mode = 0, length, "wb"
         if total is None and expected_size is not None:
             total = expected_size
+        limit = expected_size if expected_size is not None else max_bytes()
         with open(part, mode) as out:
             try:
-                done = _copy(response, out, offset, total, progress)
+                done = _copy(response, out, offset, total, progress, limit)
             except (TimeoutError, socket.timeout):
                 raise _Interrupted(f"no data for {timeout:g} s: the server stalled") from None
             except OSError as exc:
@@ -143,18 +179,20 @@ def _transfer(location: str, part: Path, expected_size: int | None, progress: Pr
             raise _Interrupted(f"connection closed after {done} of {total} bytes")
 
 
-def _copy(src, out, done: int, total: int | None, progress: Progress | None) -> int:
+def _copy(src, out, done: int, total: int | None, progress: Progress | None, limit: int | None = None) -> int:
     if progress:
         progress(done, total)
     while True:
         try:
-            chunk = src.read(CHUNK)
+            chunk = src.read(CHUNK if limit is None else max(0, min(CHUNK, limit + 1 - done)))
         except Exception as exc:  # http.client.IncompleteRead and friends
             if isinstance(exc, (TimeoutError, socket.timeout, OSError)):
                 raise
             raise _Interrupted(type(exc).__name__) from None
         if not chunk:
             return done
+        if limit is not None and done + len(chunk) > limit:
+            raise _TooLarge(limit)
         out.write(chunk)
         done += len(chunk)
         if progress:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import DlsoftError
 from ..fileio import atomic_write_text
-from .entry import NAME_RE, Entry, dump_yaml, load_yaml
+from .entry import Entry, check_name, check_records, dump_yaml, load_yaml
 from .fetch import cache_dir, download, is_url
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,11 @@ def index_entries(location: str, refresh: bool = False, timeout: float = 30) -> 
     entries = []
     for i, record in enumerate(read_index(location, refresh, timeout).get("entries") or []):
         name = str(record.get("name", "")) if isinstance(record, dict) else ""
-        if not NAME_RE.match(name):
-            raise DlsoftError(f"entry {i} has no valid name (got {name!r})", path=location)
+        try:
+            check_name(name)
+        except DlsoftError as exc:
+            raise DlsoftError(f"entry {i}: {exc.detail}", path=location) from None
+        check_records(record, location)
         entries.append(Entry(name=name, meta=dict(record), base=location, origin=location))
     return entries
 

@@ -68,7 +68,9 @@ def read_message(path: PathLike, message_type: type[M]) -> M:
     data = _read_bytes(path)
     fmt = file_format(path)
     if fmt == "binary":
-        return _parse_binary(data, message_type, str(path))
+        msg = _parse_binary(data, message_type, str(path))
+        check_required(msg, str(path))
+        return msg
     text = _decode_text(data, str(path))
     if fmt == "yaml":
         return parse_yaml(text, message_type, path=str(path))
@@ -83,6 +85,7 @@ def read_net(path: PathLike) -> caffe_pb2.NetParameter:
     """
     if file_format(path) == "binary":
         net = _read_fork_binary(str(path))
+        check_required(net, str(path))
     else:
         net = read_message(path, caffe_pb2.NetParameter)
     return upgrade_net(net, path=str(path))
@@ -136,6 +139,7 @@ def parse_text(text: str, message_type: type[M], path: str = "<string>") -> M:
         if col:
             what = f"{what} (column {col})"
         raise ParseError(what, path=path, line=line) from None
+    check_required(msg, path, text)
     return msg
 
 
@@ -146,6 +150,44 @@ def _unknown_fields_error(unknown: list, path: str) -> ParseError:
     if rest:
         detail += f" ({len(unknown)} unknown fields in all)"
     return ParseError(detail, path=path, line=first.line)
+
+def check_required(msg: Message, path: str | None = None, text: str | None = None) -> None:
+    """ParseError if a ``required`` field is unset, as protobuf's own text parser refuses it.
+
+    Python's parsers accept such a message, and it then fails only when serialised (a
+    run's every snapshot). The error names the layer, the field and, with ``text``, the
+    line of the layer's name.
+    """
+    errors = msg.FindInitializationErrors()
+    if not errors:
+        return
+    first = errors[0]
+    match = re.match(r"^(?:(.*)\.)?(layers?)\[(\d+)\]\.(.*)$", first)
+    if match is None:
+        raise ParseError(f"required field '{first}' is not set (give it a value)", path=path)
+    outer, field, index, rest = match.groups()
+    owner = msg
+    for part in (outer.split(".") if outer else []):
+        name, _, number = part.partition("[")
+        owner = getattr(owner, name)
+        if number:
+            owner = owner[int(number.rstrip("]"))]
+    layer = getattr(owner, field)[int(index)]
+    prefix = f"{outer}.{field}[{index}]: " if outer else ""
+    missing = [e.rsplit(".", 1)[1] for e in errors if e.startswith(first.rsplit(".", 1)[0] + ".")]
+    raise ParseError(f"{prefix}layer '{layer.name}' (type {layer.type}): required field '{rest}' is not set "
+                     f"(give {' and '.join(missing)} a value)", path=path, line=_name_line(text, layer.name))
+
+
+def _name_line(text: str | None, name: str) -> int | None:
+    """The first line of ``text`` that sets ``name: <name>`` (prototxt or YAML), for errors."""
+    if not text or not name:
+        return None
+    pattern = re.compile(r"""(?:^|[\s{,])name\s*:\s*(["']?)""" + re.escape(name) + r"""\1(?=[\s,}]|$)""")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.search(line.split("#", 1)[0]):
+            return number
+    return None
 
 
 def parse_net_text(text: str, path: str = "<string>") -> caffe_pb2.NetParameter:
@@ -221,6 +263,7 @@ def parse_yaml(text: str, message_type: type[M], path: str = "<string>") -> M:
         json_format.ParseDict(data, msg)
     except json_format.ParseError as e:  # everything is validated above; this is a backstop
         raise ParseError(str(e).splitlines()[0], path=path) from None
+    check_required(msg, path, text)
     return msg
 
 
@@ -281,17 +324,36 @@ _FLOAT_WORDS = {"nan": "NaN", "inf": "Infinity", "+inf": "Infinity", "-inf": "-I
                 "infinity": "Infinity", "-infinity": "-Infinity"}
 
 
+#: How many values aliases may repeat in all. A YAML alias is a reference, so a few
+#: nested ones in a kilobyte ("billion laughs") expand to millions of values; a net
+#: that repeats a shape or a filler now and then stays far below this.
+MAX_ALIAS_EXPANSION = 100_000
+
+
 class _YamlReader:
     """Turns a composed YAML node tree into a json_format dict, checking it against descriptors."""
 
     def __init__(self, path: str):
         self.path = path
         self.loader = yaml.SafeLoader("")
+        self.seen: set[int] = set()
+        self.repeated = 0
+
+    def visit(self, node: yaml.Node) -> None:
+        """Count values reached again through an alias; refuse an expansion past the limit."""
+        if id(node) not in self.seen:
+            self.seen.add(id(node))
+            return
+        self.repeated += 1
+        if self.repeated > MAX_ALIAS_EXPANSION:
+            raise self.fail(node, f"YAML aliases repeat more than {MAX_ALIAS_EXPANSION:,} values (an alias "
+                                  "bomb?): write the repeated part out, or alias less deeply")
 
     def fail(self, node: yaml.Node, what: str) -> ParseError:
         return ParseError(what, path=self.path, line=node.start_mark.line + 1)
 
     def message(self, node: yaml.Node, desc: Descriptor) -> dict[str, Any]:
+        self.visit(node)
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, f"expected a mapping of {desc.name} fields, got {_kind(node)}")
         out: dict[str, Any] = {}
@@ -312,6 +374,8 @@ class _YamlReader:
 
     def value(self, fd: FieldDescriptor, node: yaml.Node, desc: Descriptor) -> Any:
         name = f"{desc.name}.{fd.name}"
+        if fd.message_type is None:
+            self.visit(node)
         if fd.message_type is not None:
             if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null") \
                     and node.tag.endswith(":null"):

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from ..backend import Device, parse_device, to_numpy
-from ..blob import Blob
+from ..blob import Blob, available_bytes, format_bytes
 from ..data.shard import WHOLE, Shard
 from ..errors import DlsoftError, NetDefinitionError, WeightsError
 from ..layers import Layer, create_layer, layer_class
@@ -50,6 +50,7 @@ class Net:
         elif isinstance(model, caffe_pb2.NetParameter):
             self.source = None
             net_param = model
+            io.check_required(net_param)  # files are checked when read
         else:
             raise TypeError(f"model must be a path or a NetParameter, not {type(model).__name__}")
         self.device: Device = parse_device(device)
@@ -141,7 +142,17 @@ class Net:
             try:
                 layer.initialize(bottoms, tops)
             except DlsoftError as exc:
-                raise type(exc)(exc.detail if exc.path is None else str(exc), **self._where(layer_param)) from None
+                detail = exc.detail if exc.path is None else str(exc)
+                if f"layer '{layer.name}'" not in detail:
+                    detail = f"layer '{layer.name}' (type {layer.type}): {detail}"
+                raise type(exc)(detail, **self._where(layer_param)) from None
+            except MemoryError as exc:  # a work buffer the shapes make too large for this machine
+                available = available_bytes(self.device)
+                have = f" ({format_bytes(available)} available)" if available is not None else ""
+                raise NetDefinitionError(f"layer '{layer.name}' (type {layer.type}): out of memory setting it "
+                                         f"up for bottoms {[b.shape for b in bottoms]}{have}: "
+                                         f"{' '.join(str(exc).split())}; reduce the batch or input size",
+                                         **self._where(layer_param)) from None
             for name in layer_param.bottom:
                 available.pop(name, None)
             for name, blob in zip(layer_param.top, tops):
@@ -303,6 +314,9 @@ class Net:
             loss = 0.0
             for blob, weight in self._loss_tops:
                 loss += weight * float(blob.data.sum())
+            if loss != loss or loss in (float("inf"), float("-inf")):  # a bad input, or the numbers
+                for i in range(start, end + 1):
+                    self.layers[i].check_inputs(self.bottom_ids[i])
         return loss
 
     def forward(self, blobs: Iterable[str] = (), start: str | None = None, end: str | None = None,
@@ -314,10 +328,13 @@ class Net:
         are the blobs' own storage (numpy or cupy): copy them to keep them.
         """
         self._set_inputs(inputs)
-        start_index = self.layer_names.index(start) if start else 0
-        end_index = self.layer_names.index(end) if end else len(self.layers) - 1
+        start_index = self._layer_index(start, "start", "forward") if start else 0
+        end_index = self._layer_index(end, "end", "forward") if end else len(self.layers) - 1
         self.loss = self.forward_prefilled(start_index, end_index)
         names = list(self.outputs if end is None else self.top_names[end]) + [b for b in blobs]
+        unknown = [name for name in names if name not in self.blobs]
+        if unknown:
+            raise NetDefinitionError(f"forward: no blob named '{unknown[0]}' in net '{self.name}'")
         return OrderedDict((name, self.blobs[name].data) for name in names)
 
     def backward(self, diffs: Iterable[str] = (), start: str | None = None, end: str | None = None,
@@ -331,10 +348,21 @@ class Net:
                 raise NetDefinitionError(f"backward: '{name}' is not an output blob ({', '.join(self.outputs)})")
             blob = self.blobs[name]
             blob.diff[...] = blob.xp.asarray(_float_array(value))
-        start_index = self.layer_names.index(start) if start else len(self.layers) - 1
-        end_index = self.layer_names.index(end) if end else 0
+        start_index = self._layer_index(start, "start", "backward") if start else len(self.layers) - 1
+        end_index = self._layer_index(end, "end", "backward") if end else 0
         self.backward_from_to(start_index, end_index, set_loss_diffs=not top_diffs)
         return OrderedDict((name, self.blobs[name].diff) for name in list(self.inputs) + list(diffs))
+
+    def _layer_index(self, name: str, argument: str, method: str) -> int:
+        """The index of layer ``name``, or a NetDefinitionError suggesting close names."""
+        if name in self.layer_dict:
+            return self.layer_names.index(name)
+        import difflib  # noqa: PLC0415 - only on this error path
+
+        close = difflib.get_close_matches(str(name), self.layer_names, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else \
+            f"layers: {', '.join(self.layer_names[:10])}{', ...' if len(self.layer_names) > 10 else ''}"
+        raise NetDefinitionError(f"{method}: {argument}={name!r} is not a layer of net '{self.name}'; {hint}")
 
     def backward_from_to(self, start: int, end: int = 0, set_loss_diffs: bool = True) -> None:
         with self.device.activate():
@@ -462,6 +490,10 @@ class Net:
                         for name in group]
         except OSError as exc:
             raise WeightsError(f"cannot read it as HDF5 ({str(exc).splitlines()[0]})", path=path) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # HDF5, but not Caffe's layout
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise WeightsError(f"not a readable Caffe HDF5 weights file ({reason}): expected a group "
+                               "data/<layer name> holding datasets 0, 1, ...", path=path) from None
 
     def _assign_layer_blobs(self, path: str, layer: Layer, arrays: list[np.ndarray]) -> None:
         if len(arrays) != len(layer.blobs):

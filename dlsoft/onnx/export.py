@@ -55,6 +55,12 @@ _NO_ONNX_FORM = {
     "LSTM": "recurrent layers are not supported by the exporter",
     "RNN": "recurrent layers are not supported by the exporter",
     "LSTMUnit": "recurrent layers are not supported by the exporter",
+    # Segmentation forks and the rest of BVLC's layers.
+    "Upsample": "SegNet's mask indices are per channel plane, ONNX MaxUnpool's per tensor; not exported",
+    "BN": "SegNet's BN in LEARN mode uses batch statistics; its folded INFERENCE form has no converter yet",
+    "SegAccuracy": "a metric needs labels: export the deploy net",
+    "SPP": "its pooling geometry follows the input size; export with a fixed size is not implemented",
+    "HDF5Output": "it writes a file: no computation to export",
 }
 
 

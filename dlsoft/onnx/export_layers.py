@@ -52,6 +52,8 @@ def _pooling(c: LayerContext) -> list[str]:
     layer = c.layer
     if len(c.top_shapes) > 1:
         raise c.refuse("the MAX mask top (Caffe's h*W+w indices) has no ONNX form")
+    if layer.method == 2:
+        raise c.refuse("STOCHASTIC pooling (Σx²/Σx at TEST) has no ONNX operator")
     x = c.inputs[0]
     is_max = layer.method == 0
     if layer.global_pooling:

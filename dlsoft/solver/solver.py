@@ -38,13 +38,13 @@ import numpy as np
 from .. import random as dl_random
 from ..backend import parse_device, to_numpy
 from ..data.shard import Shard
-from ..errors import SolverError
+from ..errors import DlsoftError, SolverError
 from ..netdef import io
 from ..netdef.net import Net
 from ..protos import caffe_pb2
 from . import config
 from . import snapshot as snap
-from .lr_policy import POLICIES, LearningRate
+from .lr_policy import LearningRate, check_policy
 from .progress import Progress, fmt, start_metrics
 from .signals import NONE, SNAPSHOT, STOP, SignalHandler, StopNow, check_effect
 from .updates import RULES
@@ -125,6 +125,7 @@ class Solver:
         if metrics is None:
             metrics = f"{p.snapshot_prefix}_metrics.jsonl" if p.snapshot_prefix else False
         self.metrics_path: str | None = str(metrics) if metrics else None
+        self._lock = snap.PrefixLock(p.snapshot_prefix)
         self._metrics_started = False  # a run's first step begins its records (progress.start_metrics)
 
     # ------------------------------------------------------------------ set-up
@@ -152,14 +153,7 @@ class Solver:
             raise self._error("type", f"unknown solver type '{p.type}' (one of {', '.join(RULES)})")
         if p.base_lr < 0:
             raise self._error("base_lr", f"must be >= 0, got {fmt(p.base_lr)}")
-        if not p.lr_policy:
-            raise self._error("lr_policy", f"not set (one of {', '.join(POLICIES)})")
-        if p.lr_policy not in POLICIES:
-            raise self._error("lr_policy", f"unknown policy '{p.lr_policy}' (one of {', '.join(POLICIES)})")
-        if p.lr_policy == "step" and p.stepsize <= 0:
-            raise self._error("stepsize", f"lr_policy 'step' needs stepsize > 0, got {p.stepsize}")
-        if p.lr_policy == "poly" and p.max_iter <= 0:
-            raise self._error("max_iter", f"lr_policy 'poly' needs max_iter > 0, got {p.max_iter}")
+        check_policy(p, self._error)  # lr_policy and the parameters it uses
         if p.regularization_type not in ("L1", "L2"):
             raise self._error("regularization_type", f"unknown type '{p.regularization_type}' (L1 or L2)")
         for field in ("average_loss", "iter_size"):
@@ -288,10 +282,12 @@ class Solver:
         progress = Progress(start_iter, stop_iter, bar=self.progress_bar if iters > 1 and root else False,
                             metrics_path=self.metrics_path if root else None)
         timer, last_display = time.perf_counter(), self.iter
+        snap.claim_prefix(self._lock, self.root_solver)  # held until close(): one run per prefix
         for callback in self._callbacks:
             callback.on_start(self)
         try:
             while self.iter < stop_iter:
+                forwards_before = list(self._forwards)
                 self.net.clear_param_diffs()
                 if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                     self.test_all(progress)
@@ -335,6 +331,8 @@ class Solver:
                 if action == STOP:
                     self._requested_early_exit = True
                     break
+        except DlsoftError as exc:  # bad data mid-run (a cut LMDB, a bad label): keep the last good state
+            raise snap.keep_last_good(self, exc, forwards_before) from None
         finally:
             progress.close()
 
@@ -540,12 +538,13 @@ class Solver:
         model_path = snap.snapshot_filename(p.snapshot_prefix, self.iter, snap.model_extension(fmt_))
         state_path = snap.snapshot_filename(p.snapshot_prefix, self.iter, snap.state_extension(fmt_))
         log.info("Snapshotting to %s file %s", "HDF5" if hdf5 else "binary proto", model_path)
-        snap.write_model(self.net, model_path, fmt_, p.snapshot_diff)
-        snap.write_sidecar(snap.sidecar_path(state_path), self._dlstate())
-        log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state_path)
-        snap.write_state(state_path, fmt_, snap.SolverStateData(
-            iter=self.iter, learned_net=model_path, current_step=self._lr_policy.current_step,
-            history=self.rule.history))
+        with snap.reporting_failure(self.iter, self.last_snapshot):  # names the file and the last good one
+            snap.write_model(self.net, model_path, fmt_, p.snapshot_diff)
+            snap.write_sidecar(snap.sidecar_path(state_path), self._dlstate())
+            log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state_path)
+            snap.write_state(state_path, fmt_, snap.SolverStateData(
+                iter=self.iter, learned_net=model_path, current_step=self._lr_policy.current_step,
+                history=self.rule.history))
         self.last_snapshot = state_path
         return state_path
 
@@ -590,14 +589,15 @@ class Solver:
         dl_random.set_state(sidecar["random_state"])
 
     def _fast_forward(self, index: int, net: Net, target: int) -> None:
-        """Advance ``net``'s data layers to ``target`` batches delivered (by reading and dropping)."""
+        """Advance ``net``'s data layers to ``target`` batches delivered (readers skip, not decode)."""
         snap.fast_forward(net, index, self._forwards[index], target)
         self._forwards[index] = max(target, self._forwards[index])
 
     def close(self) -> None:
-        """Stop the nets' prefetch threads."""
+        """Stop the nets' prefetch threads; release the snapshot prefix."""
         for net in [self.net, *self.test_nets]:
             net.close()
+        self._lock.release()
 
     def __enter__(self) -> Self:
         return self
