@@ -21,7 +21,7 @@ from ..backend import Device, parse_device, to_numpy
 from ..blob import Blob, available_bytes, format_bytes
 from ..data.shard import WHOLE, Shard
 from ..errors import DlsoftError, NetDefinitionError, WeightsError
-from ..layers import Layer, create_layer
+from ..layers import Layer, create_layer, layer_class
 from ..protos import caffe_pb2
 from . import graph, io
 
@@ -122,7 +122,27 @@ class Net:
     def _where(self, layer_param) -> dict:
         return {"path": self.source, "line": graph.locate_layer(self.source, layer_param.name)}
 
+    def _check_types(self) -> None:
+        """Every layer whose type has no implementation, reported at once (file:line, name, hint)."""
+        missing = []
+        for layer_param in self.net_param.layer:
+            try:
+                layer_class(layer_param.type)
+            except NetDefinitionError as exc:
+                missing.append((layer_param, exc.detail))
+        if not missing:
+            return
+        where = [self._where(lp) for lp, _ in missing]
+        parts = [f"layer '{lp.name}': {why}" for lp, why in missing]
+        for i in range(1, len(parts)):
+            if where[i]["path"] is not None:
+                line = f":{where[i]['line']}" if where[i]["line"] is not None else ""
+                parts[i] = f"{where[i]['path']}{line}: {parts[i]}"
+        detail = "; ".join(parts) + (f" ({len(parts)} layers in all)" if len(parts) > 1 else "")
+        raise NetDefinitionError(detail, **where[0])
+
     def _build(self) -> None:
+        self._check_types()
         available: dict[str, Blob] = {}
         input_names: list[str] = []
         for layer_param in self.net_param.layer:
