@@ -193,6 +193,11 @@ class Blob:
             raise ValueError(f"cannot share blob {other.name!r} {other.shape} with {self.name!r} {self.shape}")
 
     @property
+    def storage(self):
+        """The flat array this blob's data lives in (one object for blobs sharing storage)."""
+        return self._data_store
+
+    @property
     def data(self):
         return self._data
 

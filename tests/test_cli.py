@@ -116,7 +116,9 @@ def test_every_command_has_help_with_an_example():
 def test_layers_lists_every_registered_type():
     from dlsoft.layers import registered_types
     result = run(["layers"])
-    assert result.output.split() == registered_types()
+    rows = [line.split(None, 1) for line in result.output.splitlines()]
+    assert [row[0] for row in rows] == registered_types()
+    assert dict(rows)["InnerProduct"] == "built in"
     verbose = run(["layers", "--verbose"]).output
     assert any(line.startswith("InnerProduct ") and len(line.split()) > 1 for line in verbose.splitlines())
 

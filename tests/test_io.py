@@ -88,7 +88,7 @@ def test_unknown_field_names_field_and_line(tmp_path):
     with pytest.raises(ParseError) as e:
         io.read_net(p)
     assert str(e.value).startswith(f"{p}:5: ")
-    assert '"kernal_size"' in str(e.value) and "ConvolutionParameter" in str(e.value)
+    assert "'kernal_size'" in str(e.value) and "ConvolutionParameter" in str(e.value)
 
 
 def test_missing_file_is_named(tmp_path):

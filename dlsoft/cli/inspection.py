@@ -149,14 +149,23 @@ Example:
 """)
 @click.option("--verbose", "-v", is_flag=True, help="Also show each layer's one-line description.")
 def layers_command(verbose):
-    """List every layer type dlsoft implements (Caffe's type names)."""
-    from ..layers.registry import layer_class, registered_types
+    """List every layer type dlsoft has (Caffe's type names) and where each comes from.
+
+    A type is built in, comes from a plugin package (an installed distribution with an
+    entry point in the group 'dlsoft.layers'), or from a Python module that registered it.
+    """
+    from ..layers.registry import layer_class, layer_origin, registered_types
 
     types = registered_types()
     width = max(len(t) for t in types)
+    origins = {name: layer_origin(name) for name in types}
+    origin_width = max(len(o) for o in origins.values())
     for name in types:
+        line = f"{name.ljust(width)}  {origins[name]}"
         if verbose:
-            doc = (layer_class(name).__doc__ or "").strip().splitlines()
-            click.echo(f"{name.ljust(width)}  {doc[0] if doc else ''}")
-        else:
-            click.echo(name)
+            try:
+                doc = (layer_class(name).__doc__ or "").strip().splitlines()
+            except DlsoftError as exc:  # a plugin that does not load: say so in its row
+                doc = [f"(does not load: {exc.detail})"]
+            line = f"{name.ljust(width)}  {origins[name].ljust(origin_width)}  {doc[0] if doc else ''}"
+        click.echo(line.rstrip())

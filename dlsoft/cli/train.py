@@ -163,6 +163,9 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
     from ..solver import config
 
     model = pick_net(model, model_option, required=False)
+    if distributed == "mpi" and gpu:  # a contradiction of flags: say so before looking for GPUs
+        raise click.UsageError("--distributed mpi averages on the CPU: with --gpu, MPI ranks each take a GPU "
+                               "and average over NCCL (--distributed nccl, the default there)")
     if gpu is not None:
         parse_gpus(gpu)  # a GPU that is not there: say so (naming the flag) before reading any file
     if weights and snapshot:
@@ -216,9 +219,6 @@ def train_command(model, solver_path, model_option, weights, snapshot, gpu, over
     gpus = parse_gpus(gpu)
     kind = runner.wanted(None if distributed == "auto" else distributed)
     if kind == "mpi" and gpus:
-        if distributed == "mpi":
-            raise click.UsageError("--distributed mpi averages on the CPU: with --gpu, MPI ranks each take a GPU "
-                                   "and average over NCCL (--distributed nccl, the default there)")
         kind = "nccl"  # MPI ranks each owning a GPU of their machine, NCCL between them
     if kind is None and len(gpus) > 1 and distributed != "none":
         code = runner.spawn_for_gpus(gpus, _child_arguments())  # Caffe's -gpu all: one process per GPU

@@ -65,6 +65,11 @@ class Layer:
         self.blobs: list[Blob] = []
         self.param_propagate_down: list[bool] = []
 
+    @property
+    def param_str(self) -> str:
+        """``python_param.param_str``: where a plugin layer's own parameters are written."""
+        return self.param.python_param.param_str
+
     # ---- the interface ------------------------------------------------------------
     def initialize(self, bottoms: Sequence[Blob], tops: Sequence[Blob]) -> None:
         """Caffe's ``Layer::SetUp``: :meth:`check_blob_counts`, :meth:`setup`, :meth:`reshape`."""

@@ -56,7 +56,7 @@ class _RegionPooling(Layer):
     def regions(self, bottoms):
         """The regions as host floats (read once per forward: the loops below need them on the host)."""
         from ..backend import to_numpy
-        rois = to_numpy(bottoms[1].data).reshape(-1, 5).astype(np.float64)
+        rois = to_numpy(bottoms[1].data).reshape(-1, 5)
         batch = rois[:, 0].astype(np.int64)
         n = bottoms[0].shape[0]
         if batch.size and (batch.min() < 0 or batch.max() >= n):
@@ -84,17 +84,19 @@ class ROIPoolingLayer(_RegionPooling):
         self.argmax = self.xp.empty((regions, c, *self.pooled), dtype=np.int64)
 
     def bins(self, box, height, width):
-        """(hstart, hend, wstart, wend) of every bin of one region, as Caffe's ROIPoolingLayer."""
-        x1, y1, x2, y2 = (c_round(v * self.scale) for v in box)
+        """(hstart, hend, wstart, wend) of every bin of one region, as Caffe's ROIPoolingLayer
+        computes them: in float32 (its Dtype), where a bin edge can round differently than in float64."""
+        f32 = np.float32
+        x1, y1, x2, y2 = (c_round(float(f32(v) * f32(self.scale))) for v in box)
         roi_h, roi_w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
         ph_count, pw_count = self.pooled
-        bin_h, bin_w = roi_h / ph_count, roi_w / pw_count
+        bin_h, bin_w = f32(roi_h) / f32(ph_count), f32(roi_w) / f32(pw_count)
         for ph in range(ph_count):
-            hs = min(max(math.floor(ph * bin_h) + y1, 0), height)
-            he = min(max(math.ceil((ph + 1) * bin_h) + y1, 0), height)
+            hs = min(max(math.floor(f32(ph) * bin_h) + y1, 0), height)
+            he = min(max(math.ceil(f32(ph + 1) * bin_h) + y1, 0), height)
             for pw in range(pw_count):
-                ws = min(max(math.floor(pw * bin_w) + x1, 0), width)
-                we = min(max(math.ceil((pw + 1) * bin_w) + x1, 0), width)
+                ws = min(max(math.floor(f32(pw) * bin_w) + x1, 0), width)
+                we = min(max(math.ceil(f32(pw + 1) * bin_w) + x1, 0), width)
                 yield ph, pw, hs, he, ws, we
 
     def forward_cpu(self, bottoms, tops):
@@ -148,17 +150,19 @@ class PSROIPoolingLayer(_RegionPooling):
         self.channels = np.arange(self.output_dim)[:, None, None] * g * g + np.arange(g)[:, None] * g + np.arange(g)
 
     def bins(self, box, height, width):
-        """(ph, pw, hstart, hend, wstart, wend) of every bin of one region, as R-FCN's layer."""
-        s, g = self.scale, self.group
-        x1, y1 = c_round(box[0]) * s, c_round(box[1]) * s
-        x2, y2 = (c_round(box[2]) + 1.0) * s, (c_round(box[3]) + 1.0) * s
-        bin_h, bin_w = max(y2 - y1, 0.1) / g, max(x2 - x1, 0.1) / g
+        """(ph, pw, hstart, hend, wstart, wend) of every bin of one region, as R-FCN's layer
+        computes them (in float32, its Dtype)."""
+        f32 = np.float32
+        s, g = f32(self.scale), self.group
+        x1, y1 = f32(c_round(float(box[0]))) * s, f32(c_round(float(box[1]))) * s
+        x2, y2 = (f32(c_round(float(box[2]))) + f32(1)) * s, (f32(c_round(float(box[3]))) + f32(1)) * s
+        bin_h, bin_w = max(y2 - y1, f32(0.1)) / f32(g), max(x2 - x1, f32(0.1)) / f32(g)
         for ph in range(g):
-            hs = min(max(math.floor(ph * bin_h + y1), 0), height)
-            he = min(max(math.ceil((ph + 1) * bin_h + y1), 0), height)
+            hs = min(max(math.floor(f32(ph) * bin_h + y1), 0), height)
+            he = min(max(math.ceil(f32(ph + 1) * bin_h + y1), 0), height)
             for pw in range(g):
-                ws = min(max(math.floor(pw * bin_w + x1), 0), width)
-                we = min(max(math.ceil((pw + 1) * bin_w + x1), 0), width)
+                ws = min(max(math.floor(f32(pw) * bin_w + x1), 0), width)
+                we = min(max(math.ceil(f32(pw + 1) * bin_w + x1), 0), width)
                 yield ph, pw, hs, he, ws, we
 
     def forward_cpu(self, bottoms, tops):

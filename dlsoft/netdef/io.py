@@ -30,7 +30,7 @@ from dlsoft.errors import ParseError
 from dlsoft.fileio import (  # noqa: F401 - re-exported: part of this module's API
     _parse_binary, _read_bytes, array_to_blob_proto, atomic_write_bytes, atomic_write_text, blob_proto_to_array,
     hdf5_bytes, read_blob, write_blob)
-from dlsoft.netdef import forks
+from dlsoft.netdef import diagnose, forks
 from dlsoft.netdef.upgrade import upgrade_net, upgrade_solver
 from dlsoft.protos import caffe_pb2
 
@@ -129,6 +129,10 @@ def parse_text(text: str, message_type: type[M], path: str = "<string>") -> M:
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
+        if "has no field named" in str(e):
+            unknown = diagnose.text_unknown_fields(text, message_type.DESCRIPTOR)
+            if unknown:
+                raise _unknown_fields_error(unknown, path) from None
         line = e.GetLine() if hasattr(e, "GetLine") else None
         what = re.sub(r"^\d+(:\d+)? : ", "", str(e)).strip()
         col = e.GetColumn() if hasattr(e, "GetColumn") else None
@@ -138,6 +142,14 @@ def parse_text(text: str, message_type: type[M], path: str = "<string>") -> M:
     check_required(msg, path, text)
     return msg
 
+
+def _unknown_fields_error(unknown: list, path: str) -> ParseError:
+    """One ParseError for all of a file's unknown fields, at the first one's line."""
+    first, rest = unknown[0], unknown[1:]
+    detail = "; ".join([first.describe()] + [f"{path}:{u.line}: {u.describe()}" for u in rest])
+    if rest:
+        detail += f" ({len(unknown)} unknown fields in all)"
+    return ParseError(detail, path=path, line=first.line)
 
 def check_required(msg: Message, path: str | None = None, text: str | None = None) -> None:
     """ParseError if a ``required`` field is unset, as protobuf's own text parser refuses it.
@@ -239,7 +251,14 @@ def parse_yaml(text: str, message_type: type[M], path: str = "<string>") -> M:
     msg = message_type()
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
         return msg
-    data = _YamlReader(path).message(root, message_type.DESCRIPTOR)
+    try:
+        data = _YamlReader(path).message(root, message_type.DESCRIPTOR)
+    except ParseError as e:
+        unknown = diagnose.yaml_unknown_fields(root, message_type.DESCRIPTOR) \
+            if e.detail.startswith("unknown field") else []
+        if unknown:
+            raise _unknown_fields_error(unknown, path) from None
+        raise
     try:
         json_format.ParseDict(data, msg)
     except json_format.ParseError as e:  # everything is validated above; this is a backstop

@@ -21,7 +21,7 @@ from ..backend import Device, parse_device, to_numpy
 from ..blob import Blob, available_bytes, format_bytes
 from ..data.shard import WHOLE, Shard
 from ..errors import DlsoftError, NetDefinitionError, WeightsError
-from ..layers import Layer, create_layer
+from ..layers import Layer, create_layer, layer_class
 from ..protos import caffe_pb2
 from . import graph, io, memory
 
@@ -93,15 +93,61 @@ class Net:
         with self.device.activate():
             self._build()
         self._analyse_backward()
+        self._check_memory()
         memory.setup(self, memory_plan, tuple(keep_blobs))
         if weights is not None:
             self.copy_from(weights)
 
     # ------------------------------------------------------------------ building
+    def _check_memory(self) -> None:
+        """Refuse a net whose activations (with their diffs when it trains) cannot fit.
+
+        Each blob was checked alone when it was shaped; this is the whole net. Checked once
+        the net is built and before the first forward writes the activations: their pages
+        are not touched yet, so the machine's available memory does not count them yet
+        (the parameters, filled already, are counted there and left out here).
+        """
+        params = {id(blob.storage) for blob in self.learnable_params}
+        seen, values = set(), 0
+        for blob in self.blobs.values():
+            key = id(blob.storage)
+            if blob.storage is not None and key not in seen and key not in params:
+                seen.add(key)
+                values += blob.storage.size
+        needed = values * 4 * (2 if any(self.layer_need_backward) else 1)
+        if needed <= 1 << 28:  # 256 MiB: never worth refusing
+            return
+        available = available_bytes(self.device)
+        if available is not None and needed > available:
+            raise NetDefinitionError(
+                f"net '{self.name}': its blobs need {format_bytes(needed)} ({values:,} float32 values"
+                f"{' and their diffs' if any(self.layer_need_backward) else ''}), {format_bytes(available)} are "
+                f"available on {self.device}: reduce the batch size or the input size", path=self.source)
+
     def _where(self, layer_param) -> dict:
         return {"path": self.source, "line": graph.locate_layer(self.source, layer_param.name)}
 
+    def _check_types(self) -> None:
+        """Every layer whose type has no implementation, reported at once (file:line, name, hint)."""
+        missing = []
+        for layer_param in self.net_param.layer:
+            try:
+                layer_class(layer_param.type)
+            except NetDefinitionError as exc:
+                missing.append((layer_param, exc.detail))
+        if not missing:
+            return
+        where = [self._where(lp) for lp, _ in missing]
+        parts = [f"layer '{lp.name}': {why}" for lp, why in missing]
+        for i in range(1, len(parts)):
+            if where[i]["path"] is not None:
+                line = f":{where[i]['line']}" if where[i]["line"] is not None else ""
+                parts[i] = f"{where[i]['path']}{line}: {parts[i]}"
+        detail = "; ".join(parts) + (f" ({len(parts)} layers in all)" if len(parts) > 1 else "")
+        raise NetDefinitionError(detail, **where[0])
+
     def _build(self) -> None:
+        self._check_types()
         available: dict[str, Blob] = {}
         input_names: list[str] = []
         for layer_param in self.net_param.layer:

@@ -1,0 +1,1 @@
+"""A dlsoft layer plugin: the "DemoAffine" layer (y = scale * x + shift)."""
