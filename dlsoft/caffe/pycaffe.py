@@ -25,7 +25,7 @@ from ..backend import gpu_count, parse_device
 from ..errors import DataError, DeviceError, NetDefinitionError
 from ..layers.python_layer import PythonLayerBase
 from ..layers.registry import registered_types
-from ..netdef import graph
+from ..netdef import graph, weights
 from ..netdef.net import Net as _DlsoftNet
 from ..protos import caffe_pb2
 from ..solver.solver import Solver as _DlsoftSolver
@@ -341,7 +341,7 @@ class Net(_DlsoftNet):
 
     def load_hdf5(self, filename) -> None:
         """Load weights from Caffe's HDF5 layout (``data/<layer>/<i>``)."""
-        self.load_layers(str(filename), self._layers_of_hdf5(str(filename)))
+        self.load_layers(str(filename), weights.layers_of_hdf5(str(filename)))
 
 
 def _is_phase_name(value) -> bool:

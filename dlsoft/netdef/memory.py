@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..blob import available_bytes, format_bytes
 from ..errors import NetDefinitionError
 from . import graph
 
@@ -81,3 +82,29 @@ def check_request(net, blobs, start: str | None) -> None:
         if name not in kept:
             raise NetDefinitionError(f"forward(blobs=['{name}']): the memory plan reuses that blob's "
                                      f"storage; build the net with keep_blobs=['{name}'] to read it")
+
+
+def check_fits(net) -> None:
+    """Refuse a net whose activations (with their diffs when it trains) cannot fit.
+
+    Each blob was checked alone when it was shaped; this is the whole net. Checked once
+    the net is built and before the first forward writes the activations: their pages
+    are not touched yet, so the machine's available memory does not count them yet
+    (the parameters, filled already, are counted there and left out here).
+    """
+    params = {id(blob.storage) for blob in net.learnable_params}
+    seen, values = set(), 0
+    for blob in net.blobs.values():
+        key = id(blob.storage)
+        if blob.storage is not None and key not in seen and key not in params:
+            seen.add(key)
+            values += blob.storage.size
+    needed = values * 4 * (2 if any(net.layer_need_backward) else 1)
+    if needed <= 1 << 28:  # 256 MiB: never worth refusing
+        return
+    available = available_bytes(net.device)
+    if available is not None and needed > available:
+        raise NetDefinitionError(
+            f"net '{net.name}': its blobs need {format_bytes(needed)} ({values:,} float32 values"
+            f"{' and their diffs' if any(net.layer_need_backward) else ''}), {format_bytes(available)} are "
+            f"available on {net.device}: reduce the batch size or the input size", path=net.source)

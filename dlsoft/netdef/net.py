@@ -9,8 +9,6 @@ ParamSpec, then work out which layers need backward.
 from __future__ import annotations
 
 import logging
-import os
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -23,7 +21,7 @@ from ..data.shard import WHOLE, Shard
 from ..errors import DlsoftError, NetDefinitionError, WeightsError
 from ..layers import Layer, create_layer, layer_class
 from ..protos import caffe_pb2
-from . import graph, io, memory
+from . import graph, io, memory, weights
 
 log = logging.getLogger(__name__)
 
@@ -93,37 +91,12 @@ class Net:
         with self.device.activate():
             self._build()
         self._analyse_backward()
-        self._check_memory()
+        memory.check_fits(self)
         memory.setup(self, memory_plan, tuple(keep_blobs))
         if weights is not None:
             self.copy_from(weights)
 
     # ------------------------------------------------------------------ building
-    def _check_memory(self) -> None:
-        """Refuse a net whose activations (with their diffs when it trains) cannot fit.
-
-        Each blob was checked alone when it was shaped; this is the whole net. Checked once
-        the net is built and before the first forward writes the activations: their pages
-        are not touched yet, so the machine's available memory does not count them yet
-        (the parameters, filled already, are counted there and left out here).
-        """
-        params = {id(blob.storage) for blob in self.learnable_params}
-        seen, values = set(), 0
-        for blob in self.blobs.values():
-            key = id(blob.storage)
-            if blob.storage is not None and key not in seen and key not in params:
-                seen.add(key)
-                values += blob.storage.size
-        needed = values * 4 * (2 if any(self.layer_need_backward) else 1)
-        if needed <= 1 << 28:  # 256 MiB: never worth refusing
-            return
-        available = available_bytes(self.device)
-        if available is not None and needed > available:
-            raise NetDefinitionError(
-                f"net '{self.name}': its blobs need {format_bytes(needed)} ({values:,} float32 values"
-                f"{' and their diffs' if any(self.layer_need_backward) else ''}), {format_bytes(available)} are "
-                f"available on {self.device}: reduce the batch size or the input size", path=self.source)
-
     def _where(self, layer_param) -> dict:
         return {"path": self.source, "line": graph.locate_layer(self.source, layer_param.name)}
 
@@ -482,9 +455,7 @@ class Net:
         error, since it would load nothing. Returns the number of layers loaded.
         """
         path = str(path)
-        if path.endswith((".h5", ".hdf5")):
-            return self.load_layers(path, self._layers_of_hdf5(path))
-        return self.load_layers(path, self._layers_of_binary(path))
+        return self.load_layers(path, weights.layers_of_file(path))
 
     def load_layers(self, path: str, source: list[tuple[str, list[np.ndarray]]]) -> int:
         """Copy (layer name, arrays) pairs read from ``path`` into the same-named layers (see :meth:`copy_from`)."""
@@ -496,13 +467,13 @@ class Net:
                 continue
             if not arrays:
                 continue
-            self._assign_layer_blobs(path, target, arrays)
+            weights.assign_layer_blobs(path, target, arrays)
             loaded.append(name)
         with_params = [layer.name for layer in self.layers if layer.blobs]
         if not loaded and with_params:
             in_file = [name for name, arrays in source if arrays]
-            raise WeightsError(f"none of its {len(in_file)} layers with weights ({_some(in_file)}) is a layer "
-                               f"of net '{self.name}' (layers with parameters: {_some(with_params)}); "
+            raise WeightsError(f"none of its {len(in_file)} layers with weights ({weights.some(in_file)}) is a layer "
+                               f"of net '{self.name}' (layers with parameters: {weights.some(with_params)}); "
                                "weights are matched by layer name", path=path)
         for name in with_params:
             if name not in loaded:
@@ -510,53 +481,6 @@ class Net:
                          "filler values", name, path)
         log.debug("Loaded weights for %d of %d layers with parameters from %s", len(loaded), len(with_params), path)
         return len(loaded)
-
-    @staticmethod
-    def _layers_of_binary(path: str) -> list[tuple[str, list[np.ndarray]]]:
-        """(layer name, blob arrays) of each layer of a binary caffemodel."""
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise WeightsError("the weights file is empty", path=path)
-        if io.file_format(path) != "binary":
-            raise WeightsError("is not a binary .caffemodel (or .h5) weights file: weights files are "
-                               "written by training (…_iter_N.caffemodel) or downloaded", path=path)
-        with warnings.catch_warnings():
-            # Only names and blobs are read here: a layer's fork-ambiguous settings do not matter.
-            warnings.simplefilter("ignore", io.FileFormatWarning)
-            source = io.read_net(path)
-        if not any(layer.blobs for layer in source.layer):
-            raise WeightsError(f"holds no weights ({len(source.layer)} layers, none with blobs): "
-                               "is it a net definition rather than a .caffemodel?", path=path)
-        return [(layer.name, [io.blob_proto_to_array(blob) for blob in layer.blobs]) for layer in source.layer]
-
-    @staticmethod
-    def _layers_of_hdf5(path: str) -> list[tuple[str, list[np.ndarray]]]:
-        import h5py  # noqa: PLC0415 - only needed for HDF5 weights
-        try:
-            with h5py.File(path, "r") as f:
-                if "data" not in f:
-                    raise WeightsError("is not a Caffe HDF5 weights file (no 'data' group)", path=path)
-                group = f["data"]
-                return [(name, [np.asarray(group[name][str(i)], dtype=np.float32) for i in range(len(group[name]))])
-                        for name in group]
-        except OSError as exc:
-            raise WeightsError(f"cannot read it as HDF5 ({str(exc).splitlines()[0]})", path=path) from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # HDF5, but not Caffe's layout
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise WeightsError(f"not a readable Caffe HDF5 weights file ({reason}): expected a group "
-                               "data/<layer name> holding datasets 0, 1, ...", path=path) from None
-
-    def _assign_layer_blobs(self, path: str, layer: Layer, arrays: list[np.ndarray]) -> None:
-        if len(arrays) != len(layer.blobs):
-            raise WeightsError(f"layer '{layer.name}': the file has {len(arrays)} blobs, the net expects "
-                               f"{len(layer.blobs)}", path=path)
-        for i, (blob, array) in enumerate(zip(layer.blobs, arrays)):
-            if tuple(array.shape) != blob.shape:
-                if array.size == blob.count and _legacy_shape_match(array.shape, blob.shape):
-                    array = array.reshape(blob.shape)
-                else:
-                    raise WeightsError(f"layer '{layer.name}' blob {i}: shape {tuple(array.shape)} in the file, "
-                                       f"{blob.shape} in the net", path=path)
-            blob.data[...] = blob.xp.asarray(array)
 
     def to_proto(self, write_diff: bool = False) -> "caffe_pb2.NetParameter":
         """A NetParameter with every layer's definition and learnable blobs (Caffe's ToProto)."""
@@ -647,15 +571,3 @@ class Net:
 def _float_array(value):
     """``value`` as a float32 numpy array, or unchanged if it already lives on a GPU."""
     return value if hasattr(value, "__cuda_array_interface__") else np.asarray(value, dtype=np.float32)
-
-
-def _some(names: list[str], limit: int = 5) -> str:
-    """``a, b, c`` or ``a, b, c, ... (12 in all)`` for error messages."""
-    shown = ", ".join(names[:limit]) or "none"
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _legacy_shape_match(file_shape: tuple, net_shape: tuple) -> bool:
-    """Caffe accepts old 4-d (num, channels, height, width) blobs for lower-rank shapes."""
-    squeeze = lambda shape: tuple(d for d in shape if d != 1)  # noqa: E731
-    return squeeze(tuple(file_shape)) == squeeze(tuple(net_shape))
