@@ -197,6 +197,16 @@ def compared_blobs(net) -> list[tuple[str, str]]:
     return out
 
 
+#: Deploy nets whose own shapes do not fit (real Caffe's Reshape CHECK fails on them too): the
+#: one-line error names the file line and the layer before the missing Python module is reached.
+INCONSISTENT = {
+    # num_output 30 (2 x 15 anchors) but the reshape back assumes 9 anchors (dim: 18)
+    "soeaver+caffe-model/det/faster_rcnn/models/coco/air101/rpn_rcnn_deploys/"
+    "rpn_deploy_faster_coco_air101-merge-fc2-multigrid.prototxt":
+        "layer 'rpn_cls_prob_reshape' (type Reshape): cannot infer the -1 in [1, 18, -1, 38]",
+}
+
+
 @pytest.mark.parametrize("path", deploy_files())
 def test_deploy_net_builds_with_the_parameter_count_and_agrees_with_opencv(path, tmp_path):
     param = net_param(path)
@@ -213,7 +223,11 @@ def test_deploy_net_builds_with_the_parameter_count_and_agrees_with_opencv(path,
         with pytest.raises(DlsoftError) as info:
             dlsoft.Net(str(path), phase="TEST")
         message = str(info.value)
-        assert "\n" not in message and f"module '{absent[0]}'" in message and "not found" in message, message
+        assert "\n" not in message, message
+        if rel(path) in INCONSISTENT:  # the file's own shapes fail before its Python layer is reached
+            assert INCONSISTENT[rel(path)] in message and str(path) in message, message
+        else:
+            assert f"module '{absent[0]}'" in message and "not found" in message, message
         return
     dlsoft.set_random_seed(3)
     net = dlsoft.Net(str(path), phase="TEST")
