@@ -204,6 +204,9 @@ INCONSISTENT = {
     "soeaver+caffe-model/det/faster_rcnn/models/coco/air101/rpn_rcnn_deploys/"
     "rpn_deploy_faster_coco_air101-merge-fc2-multigrid.prototxt":
         "layer 'rpn_cls_prob_reshape' (type Reshape): cannot infer the -1 in [1, 18, -1, 38]",
+    "soeaver+caffe-model/det/rfcn/models/coco/inception-v4/rpn_rcnn_deploys/"
+    "rpn_deploy_rfcn_coco_inception-v4-merge-aligned.prototxt":
+        "layer 'rpn_cls_prob_reshape' (type Reshape): cannot infer the -1 in [1, 18, -1, 38]",
 }
 
 
