@@ -25,7 +25,6 @@ At TEST only steps 4 and 6 run.
 """
 from __future__ import annotations
 
-import io
 import os
 import xml.etree.ElementTree as ElementTree
 
@@ -36,6 +35,7 @@ from ..errors import DataError
 from ..protos import caffe_pb2
 from .images import decode_image, encode_image, read_image
 from .lmdb_io import LMDBReader, LMDBWriter, array_to_datum
+from .sources import read_pair_list
 
 #: Columns of the label blob SSD's data layer gives: one row per box of the batch.
 LABEL_COLUMNS = ("item_id", "group_label", "instance_id", "xmin", "ymin", "xmax", "ymax", "difficult")
@@ -133,16 +133,7 @@ def convert_annoset(root: str, list_file: str, db_path: str, label_map_file: str
     """
     from .. import random as dl_random
     label_map = read_label_map(label_map_file)
-    entries = []
-    with open(list_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                parts = line.split()
-                if len(parts) != 2:
-                    raise DataError(f"{list_file}:{number}: expected 'image annotation', got '{line.strip()}'")
-                entries.append(parts)
-    if not entries:
-        raise DataError(f"{list_file}: lists no images")
+    entries = read_pair_list(list_file, expected="image annotation")
     if shuffle:
         entries = [entries[i] for i in dl_random.rng().permutation(len(entries))]
     with LMDBWriter(db_path) as db:

@@ -119,6 +119,26 @@ class ArrayReader:
             self.pos = (self.pos + take) % total
 
 
+def read_pair_list(path: str, with_labels: bool = True,
+                   expected: str = "image_path label_image_path") -> list[tuple[str, str]]:
+    """Two-path lines (``image label_image``, SSD's ``image annotation``; ``image`` alone when not
+    ``with_labels``) of a list file; ``expected`` names the line form in errors."""
+    if not os.path.isfile(path):
+        raise DataError(f"image list file not found: {path}")
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in ((2,) if with_labels else (1, 2)):
+                raise DataError(f"{path}:{number}: expected '{expected}', got {line.strip()!r}")
+            entries.append((fields[0], fields[1] if with_labels else ""))
+    if not entries:
+        raise DataError(f"image list file {path} lists no images")
+    return entries
+
+
 def read_list_file(path: str | os.PathLike) -> list[tuple[str, int]]:
     """Parse an ImageData / convert_imageset list: one ``path label`` per line.
 

@@ -21,12 +21,12 @@ by a random one of them. ``label_type: NONE`` reads lines with only an image and
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..data.images import read_image
+from ..data.sources import read_pair_list
 from ..errors import DataError, one_line
 from .base import TRAIN
 from .data import _PrefetchingDataLayer
@@ -54,24 +54,6 @@ def rescale(pixels: np.ndarray, factor: float, nearest: bool) -> np.ndarray:
     size = (max(int(w * factor + 0.5), 1), max(int(h * factor + 0.5), 1))
     method = Image.NEAREST if nearest else Image.BILINEAR
     return np.stack([np.asarray(Image.fromarray(plane).resize(size, method)) for plane in pixels])
-
-
-def read_pair_list(path: str, with_labels: bool = True) -> list[tuple[str, str]]:
-    """``image label`` lines (or ``image`` alone when not ``with_labels``) of a list file."""
-    if not os.path.isfile(path):
-        raise DataError(f"image list file not found: {path}")
-    entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) not in ((2,) if with_labels else (1, 2)):
-                raise DataError(f"{path}:{number}: expected 'image_path label_image_path', got {line.strip()!r}")
-            entries.append((fields[0], fields[1] if with_labels else ""))
-    if not entries:
-        raise DataError(f"image list file {path} lists no images")
-    return entries
 
 
 class SegmentationBatchSource:
