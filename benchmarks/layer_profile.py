@@ -10,12 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (benchmarks/run.py: the rows and their nets)
 
 import dlsoft  # noqa: E402
+import numpy as np  # noqa: E402  (after dlsoft, via run: see dlsoft.threads)
 from dlsoft.timing import time_net  # noqa: E402
 
 

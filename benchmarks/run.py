@@ -44,13 +44,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-import dlsoft  # noqa: E402
+import dlsoft  # noqa: E402  (before numpy: it sets OpenBLAS's idle-thread timeout, see dlsoft.threads)
+import numpy as np  # noqa: E402
 from dlsoft.netdef import graph, io  # noqa: E402
 from dlsoft.protos import caffe_pb2  # noqa: E402
 

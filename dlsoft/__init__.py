@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import importlib
 
+from .threads import calm_blas_threads
+
+calm_blas_threads()  # before anything imports numpy: see dlsoft.threads
+
 __version__ = "0.1.0"
 
 from .errors import DlsoftError  # noqa: E402
