@@ -7,7 +7,9 @@ planes. A layer never calls BLAS inside a compiled kernel, and neither pool's id
 threads keep a core busy (numba's workqueue layer sleeps at once; OpenBLAS's threads
 spin for ``2**OPENBLAS_THREAD_TIMEOUT`` cycles, which ``import dlsoft`` lowers from
 OpenBLAS's 2**28, about 0.1 s, to 2**10), so the two never compete for the cores and
-each may use all of them. By default both use every core.
+each may use all of them. By default both use every core. Work that numpy does on one
+core and that splits across a batch (the convolutions' chunks of images) runs on a third
+pool, :func:`split_work`'s, sized the same, with BLAS at one thread inside it.
 
 OpenBLAS reads its timeout when numpy loads it: where numpy was imported before dlsoft
 (and ``OPENBLAS_THREAD_TIMEOUT`` is not set), its idle threads spin after every GEMM
@@ -56,12 +58,66 @@ def _blas_threads() -> int:
     return max(counts, default=1)
 
 
+_threads = os.cpu_count() or 1  # what set_num_threads last gave (default: every core)
+_pool = None  # the worker threads of split_work, made on first use
+_blas = None  # threadpoolctl's controller of the loaded BLAS libraries (False: not installed)
+
+
+def split_workers(count: int) -> int:
+    """How many threads :func:`split_work` uses for ``count`` items."""
+    global _blas
+    workers = min(_threads, count)
+    if workers > 1 and _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+        except ImportError:
+            _blas = False
+        else:
+            _blas = ThreadpoolController()
+    return workers if workers > 1 and _blas else 1
+
+
+def split_work(work, items) -> None:
+    """Call ``work(item, slot)`` for every item, split across ``set_num_threads`` Python
+    threads with numpy's BLAS at one thread inside them (no oversubscription); ``slot``
+    (0 .. threads-1) names the thread, for buffers of its own. Items go to threads
+    round-robin (``items[slot::threads]``), in order within a thread. One item, one
+    thread, or no threadpoolctl (BLAS's count cannot be lowered): all run here, slot 0.
+
+    For the memory-bound steps numpy runs on one core (im2col copies, gathers): cifar10_quick's
+    convolutions split by image chunks ran 1.75x faster than with one thread calling a
+    2-thread BLAS."""
+    global _pool
+    items = list(items)
+    workers = split_workers(len(items))
+    if workers == 1:
+        for item in items:
+            work(item, 0)
+        return
+    if _pool is None or _pool._max_workers < workers:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        _pool = ThreadPoolExecutor(max(workers, _threads), thread_name_prefix="dlsoft-split")
+
+    def run(slot):
+        for item in items[slot::workers]:
+            work(item, slot)
+
+    with _blas.limit(limits=1, user_api="blas"):
+        futures = [_pool.submit(run, slot) for slot in range(1, workers)]
+        run(0)  # this thread is worker 0
+        for future in futures:
+            future.result()
+
+
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for the compiled kernels and, when threadpoolctl is installed,
     for numpy's BLAS too (otherwise set ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``
     before starting Python)."""
+    global _threads
     if n < 1:
         raise ValueError(f"thread count must be at least 1, got {n}")
+    _threads = n
     import numba  # noqa: PLC0415 - only loaded by those who set threads
 
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import threads
 from ..blob import check_allocation
 from . import cpu_kernels, workspace
 from .base import Layer
@@ -155,9 +156,9 @@ class _ConvolutionBase(Layer):
         # The col and column-side buffers are the net's shared workspace (all convolutions
         # run one after another); a chunk of any size views a contiguous prefix, which BLAS needs.
         self._column_channels = column_channels
-        # dW transposed, (group, K, M): OpenBLAS runs col @ dy^T 1.5x faster than dy @ col^T for small M
-        self._weight_grad_t = xp.empty((self.group, self.col_rows // self.group, self.blobs[0].shape[0] // self.group),
-                                       np.float32)
+        # dW transposed, (group, K, M): OpenBLAS runs col @ dy^T 1.5x faster than dy @ col^T for
+        # small M; one per worker thread (see _each_chunk)
+        self._weight_grad_t = {}
         self._padded = {}  # CPU-only: see _cpu_padding
         self._batch_minor = False  # the col order of the device running now (set by forward/backward)
         self._col_source = None  # which (bottom data, chunk start) self._col holds, to skip a redo
@@ -182,20 +183,33 @@ class _ConvolutionBase(Layer):
     def _weights(self):
         return self.blobs[0].data.reshape(self.group, -1, self.col_rows // self.group)
 
-    def _cpu_padding(self, n: int):
-        """The CPU im2col's zero-bordered copy (C, Hp, Wp, n) of a chunk of n images, made on
-        first use after a reshape (at most two sizes: the chunk and the last, smaller one)."""
-        if n not in self._padded:
-            self._padded[n] = np.zeros((self.geometry.channels, *self.geometry.padded_shape, n), np.float32)
-        return self._padded[n]
+    def _cpu_padding(self, n: int, slot: int):
+        """The CPU im2col's zero-bordered copy (C, Hp, Wp, n) of a chunk of n images for worker
+        ``slot``, made on first use after a reshape (two sizes at most: the chunk and the last)."""
+        if (n, slot) not in self._padded:
+            self._padded[n, slot] = np.zeros((self.geometry.channels, *self.geometry.padded_shape, n), np.float32)
+        return self._padded[n, slot]
+
+    def _each_chunk(self, work) -> int:
+        """``work(part, slot)`` for every chunk of images: on the CPU split across threads
+        (:func:`dlsoft.threads.split_work`; the col/columns workspace is per thread, the
+        padded copies and weight-gradient partials per slot), on the GPU in order. Returns
+        the number of workers (slots 0 .. workers-1) that ran."""
+        parts = list(self._chunks())
+        if not self._batch_minor:  # GPU: one stream, in order
+            for part in parts:
+                work(part, 0)
+            return 1
+        threads.split_work(work, parts)
+        return threads.split_workers(len(parts))
 
     # The im2col/col2im steps: the one place where the two devices differ. The CPU methods
     # pass the numpy steps, the GPU methods the kernels, to the same algorithm.
-    def _im2col_cpu(self, images):
+    def _im2col_cpu(self, images, slot: int = 0):
         """col (group, K, P*n), the image index innermost, from images (n, C, H, W)."""
         n = images.shape[0]
         col = self._col(n)
-        im2col_batch_minor(images, self._cpu_padding(n), col, self.geometry)
+        im2col_batch_minor(images, self._cpu_padding(n, slot), col, self.geometry)
         return col
 
     def _col2im_cpu(self, col, images_diff):
@@ -208,7 +222,7 @@ class _ConvolutionBase(Layer):
         kernel(col.reshape(self.col_rows, n * self.plane), images_diff,
                *g.kernel, *g.stride, *g.pad, *g.dilation, *g.out_shape)
 
-    def _im2col_gpu(self, images):
+    def _im2col_gpu(self, images, slot: int = 0):
         col = self._col(images.shape[0])
         im2col_gpu(images, col, self.geometry, channel_major=True)
         return col
@@ -261,11 +275,27 @@ class _ConvolutionBase(Layer):
     def _as_images(self, array):
         return array.reshape(self.outer, -1, *array.shape[-2:])
 
-    def _accumulate_weight_grad(self, columns, col):
+    def _param_diffs(self, slot: int):
+        """Where worker ``slot`` adds its chunks' parameter gradients: the blobs' diffs for
+        slot 0, zeroed partials of its own for the others (added by :meth:`_add_partials`
+        in slot order, so the sums do not depend on thread timing)."""
+        if slot == 0:
+            return [blob.diff for blob in self.blobs]
+        return [self.xp.zeros_like(blob.diff) for blob in self.blobs]
+
+    def _add_partials(self, partials: dict) -> None:
+        for slot in sorted(partials):
+            for blob, part in zip(self.blobs, partials[slot]):
+                blob.diff += part
+
+    def _accumulate_weight_grad(self, columns, col, weight_diff, slot: int = 0):
         """``dW[g] += columns[g] @ col[g]^T``, computed as its transpose ``col[g] @ columns[g]^T``."""
-        self.xp.matmul(col, columns.transpose(0, 2, 1), out=self._weight_grad_t)
-        self.blobs[0].diff.reshape(self.group, self.blobs[0].shape[0] // self.group, -1)[...] += \
-            self._weight_grad_t.transpose(0, 2, 1)
+        grad_t = self._weight_grad_t.get(slot)
+        if grad_t is None:
+            grad_t = self._weight_grad_t[slot] = self.xp.empty(
+                (self.group, self.col_rows // self.group, self.blobs[0].shape[0] // self.group), np.float32)
+        self.xp.matmul(col, columns.transpose(0, 2, 1), out=grad_t)
+        weight_diff.reshape(self.group, self.blobs[0].shape[0] // self.group, -1)[...] += grad_t.transpose(0, 2, 1)
 
 
 @register
@@ -289,20 +319,23 @@ class ConvolutionLayer(_ConvolutionBase):
         weights = self._weights()
         for index, (bottom, top) in enumerate(zip(bottoms, tops)):
             images, outputs = self._as_images(bottom.data), top.data.reshape(self.outer, self.num_output, -1)
-            for part in self._chunks():
+
+            def chunk(part, slot):
                 col = self._pointwise_view(images[part])
                 if col is None:
-                    col = im2col(images[part])
+                    col = im2col(images[part], slot)
                 n = col.shape[2] // self.plane
                 if n == 1:  # one image: the GEMM writes the top directly
                     out = outputs[part].reshape(self.group, -1, self.plane)
                     self.xp.matmul(weights, col, out=out)
                     if len(self.blobs) > 1:
                         out += self.blobs[1].data.reshape(self.group, -1, 1)
-                    continue
+                    return
                 columns = self._columns(n)
                 self.xp.matmul(weights, col, out=columns)
                 self._scatter(columns, outputs[part], add_bias=True)
+
+            self._each_chunk(chunk)
             self._col_source = (index, bottom.data) if self.chunk >= self.outer else None
 
     def _backward(self, tops, propagate_down, bottoms, im2col, col2im):
@@ -310,26 +343,34 @@ class ConvolutionLayer(_ConvolutionBase):
         for index, (bottom, top, down) in enumerate(zip(bottoms, tops, propagate_down)):
             top_diff = top.diff.reshape(self.outer, self.num_output, -1)
             images = self._as_images(bottom.data)
-            for part in self._chunks():
+            cached = self._col_still_holds(index, bottom)  # one chunk only, so one thread
+            partials = {}
+
+            def chunk(part, slot):
                 n = part.stop - part.start
+                diffs = partials.setdefault(slot, self._param_diffs(slot))
                 dy = top_diff[part].reshape(self.group, -1, self.plane) if n == 1 else self._gather(top_diff[part])
                 if len(self.blobs) > 1 and self.param_propagate_down[1]:
-                    self.blobs[1].diff[...] += dy.reshape(self.num_output, -1).sum(axis=1)
+                    diffs[1][...] += dy.reshape(self.num_output, -1).sum(axis=1)
                 pointwise = self._pointwise_view(images[part])
                 if self.param_propagate_down[0]:
-                    cached = self._col_still_holds(index, bottom)
                     col = pointwise if pointwise is not None else \
-                        self._col(n) if cached else im2col(images[part])
-                    self._accumulate_weight_grad(dy, col)
+                        self._col(n) if cached else im2col(images[part], slot)
+                    self._accumulate_weight_grad(dy, col, diffs[0], slot)
                 if down:
                     if pointwise is not None:  # col2im of a 1x1 kernel is the identity
                         self.xp.matmul(weights.transpose(0, 2, 1), dy,
                                        out=self._as_images(bottom.diff)[part].reshape(self.group, -1, self.plane))
-                        continue
+                        return
                     col = self._col(n)
                     self.xp.matmul(weights.transpose(0, 2, 1), dy, out=col)
-                    self._col_source = None
                     col2im(col, self._as_images(bottom.diff)[part])
+
+            self._each_chunk(chunk)
+            partials.pop(0, None)
+            self._add_partials(partials)
+            if any(propagate_down):
+                self._col_source = None
 
 
 @register
@@ -366,7 +407,7 @@ class DeconvolutionLayer(_ConvolutionBase):
             for part in self._chunks():
                 col = im2col(top_diff[part])
                 if self.param_propagate_down[0]:
-                    self._accumulate_weight_grad(self._gather(inputs[part]), col)
+                    self._accumulate_weight_grad(self._gather(inputs[part]), col, self.blobs[0].diff)
                 if down:
                     dx = self._columns(col.shape[2] // self.plane)
                     self.xp.matmul(weights, col, out=dx)
