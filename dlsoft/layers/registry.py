@@ -55,7 +55,8 @@ def _load_all() -> None:
     _loaded = True
     package = importlib.import_module("dlsoft.layers")
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("base", "registry") and not info.name.startswith("_"):
+        # cpu_loops registers no layer and imports numba (0.2 s): cpu_kernels loads it when needed
+        if info.name not in ("base", "registry", "cpu_loops") and not info.name.startswith("_"):
             importlib.import_module(f"dlsoft.layers.{info.name}")
 
 
