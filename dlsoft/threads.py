@@ -39,6 +39,11 @@ def calm_blas_threads() -> None:
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_THREAD_TIMEOUT
 
 
+def default_kernel_threads() -> int:
+    """The compiled kernels' thread count before any set_num_threads (see :func:`kernel_threads`)."""
+    return kernel_threads(_threads)
+
+
 def kernel_threads(n: int, blas_threads: int | None = None) -> int:
     """The compiled kernels' thread count for ``n`` cores: ``n``, or 1 where OpenBLAS's
     idle threads spin (numpy loaded before dlsoft) and BLAS itself has more than one."""
@@ -58,7 +63,17 @@ def _blas_threads() -> int:
     return max(counts, default=1)
 
 
-_threads = os.cpu_count() or 1  # what set_num_threads last gave (default: every core)
+def _default_threads() -> int:
+    """Every core, or what ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` asks for (one BLAS thread
+    per MPI rank, say, keeps split_work and the kernels to one thread too)."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+_threads = _default_threads()  # what set_num_threads last gave
 _pool = None  # the worker threads of split_work, made on first use
 _blas = None  # threadpoolctl's controller of the loaded BLAS libraries (False: not installed)
 
@@ -111,9 +126,9 @@ def split_work(work, items) -> None:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for the compiled kernels and, when threadpoolctl is installed,
-    for numpy's BLAS too (otherwise set ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``
-    before starting Python)."""
+    """Use ``n`` threads for the compiled kernels, :func:`split_work` and, when threadpoolctl
+    is installed, numpy's BLAS (otherwise set ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``
+    before starting Python, which also sets the default of the other two)."""
     global _threads
     if n < 1:
         raise ValueError(f"thread count must be at least 1, got {n}")

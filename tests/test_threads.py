@@ -63,3 +63,12 @@ def test_set_num_threads_round_trip_and_kernels_from_two_python_threads():
     with ThreadPoolExecutor(2) as pool_threads:
         for y in pool_threads.map(pool, range(4)):
             assert np.array_equal(y, expected)
+
+
+def test_one_blas_thread_from_the_environment_means_one_thread_everywhere():
+    """``mpirun -x OPENBLAS_NUM_THREADS=1``: each rank's kernels and convolution split stay on one thread."""
+    code = "import os; os.environ['OPENBLAS_NUM_THREADS'] = '1'; import dlsoft; from dlsoft import threads; " \
+           "from dlsoft.layers import cpu_kernels; import numpy as np; " \
+           "cpu_kernels.max_pool(np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 1, 1), np.float32), " \
+           "2, 2, 2, 2, 0, 0); import numba; print(threads.split_workers(8), numba.get_num_threads())"
+    assert _python(code) == "1 1"

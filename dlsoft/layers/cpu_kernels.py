@@ -18,7 +18,7 @@ import functools
 import os
 import threading
 
-from ..threads import kernel_threads
+from ..threads import default_kernel_threads
 
 _LAUNCH = threading.Lock()
 
@@ -29,7 +29,7 @@ def _loops():
 
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
-    numba.set_num_threads(kernel_threads(numba.get_num_threads()))
+    numba.set_num_threads(min(default_kernel_threads(), numba.config.NUMBA_NUM_THREADS))
     from . import cpu_loops  # noqa: PLC0415
 
     return cpu_loops
