@@ -95,6 +95,22 @@ def test_convolution_in_chunks_matches_one_chunk(monkeypatch):
         assert_close(a.diff, b.diff)
 
 
+def test_deconvolution_in_chunks_matches_one_chunk(monkeypatch):
+    """Chunks split across threads (dlsoft.threads.split_work) give one chunk's numbers."""
+    x = normal((5, 4, 5, 5))
+    text = conv(6, "kernel_size: 4 stride: 2 pad: 1 group: 2", "Deconvolution")
+    whole, wb, wt = run_layer(text, [x])
+    dy = backward_with(whole, wb, wt)
+    monkeypatch.setattr(convolution, "MAX_COL_ELEMENTS", 6 * 16 * 25 * 2)  # two images a chunk
+    parts, pb, pt = run_layer(text, [x])
+    assert parts.chunk == 2
+    assert_close(pt[0].data, wt[0].data)
+    assert backward_with(parts, pb, pt)[0].tolist() == dy[0].tolist()
+    assert_close(pb[0].diff, wb[0].diff)
+    for a, b in zip(parts.blobs, whole.blobs):
+        assert_close(a.diff, b.diff)
+
+
 def test_convolution_rejects_other_ranks():
     with pytest.raises(NetDefinitionError, match="2 spatial axes"):
         run_layer(conv(2, "kernel_size: 1"), [normal((2, 3, 4, 4, 4))])

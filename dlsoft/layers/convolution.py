@@ -389,11 +389,14 @@ class DeconvolutionLayer(_ConvolutionBase):
         for bottom, top in zip(bottoms, tops):
             inputs = bottom.data.reshape(self.outer, self.channels, -1)
             outputs = self._as_images(top.data)
-            for part in self._chunks():
+
+            def chunk(part, slot):
                 x = self._gather(inputs[part])
                 col = self._col(x.shape[2] // self.plane)
                 self.xp.matmul(weights.transpose(0, 2, 1), x, out=col)
                 col2im(col, outputs[part])
+
+            self._each_chunk(chunk)
             if len(self.blobs) > 1:
                 top.data.reshape(self.outer, self.num_output, -1)[...] += self.blobs[1].data[:, None]
 
@@ -404,14 +407,21 @@ class DeconvolutionLayer(_ConvolutionBase):
                 self.blobs[1].diff[...] += top.diff.reshape(self.outer, self.num_output, -1).sum(axis=(0, 2))
             inputs = bottom.data.reshape(self.outer, self.channels, -1)
             top_diff = self._as_images(top.diff)
-            for part in self._chunks():
-                col = im2col(top_diff[part])
+            partials = {}
+
+            def chunk(part, slot):
+                col = im2col(top_diff[part], slot)
                 if self.param_propagate_down[0]:
-                    self._accumulate_weight_grad(self._gather(inputs[part]), col, self.blobs[0].diff)
+                    diffs = partials.setdefault(slot, self._param_diffs(slot))
+                    self._accumulate_weight_grad(self._gather(inputs[part]), col, diffs[0], slot)
                 if down:
                     dx = self._columns(col.shape[2] // self.plane)
                     self.xp.matmul(weights, col, out=dx)
                     self._scatter(dx, bottom.diff.reshape(self.outer, self.channels, -1)[part], add_bias=False)
+
+            self._each_chunk(chunk)
+            partials.pop(0, None)
+            self._add_partials(partials)  # the bias diff above: partials of slots > 0 hold zeros for it
 
 
 
