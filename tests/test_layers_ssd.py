@@ -228,6 +228,50 @@ def test_detection_evaluate_and_average_precision():
     assert average_precision([0, 1], [1, 0], [0.9, 0.8], 1, "MaxIntegral") == 0.5
 
 
+DETECTIONS = np.array([[0, 1, 0.9, 0.05, 0.0, 0.5, 0.55], [0, 1, 0.8, 0.05, 0.0, 0.5, 0.55],
+                       [0, 2, 0.7, 0.0, 0.0, 0.2, 0.2], [1, 3, 0.6, 0.2, 0.2, 0.7, 0.7]], dtype=np.float32)
+EVAL_SOLVER = """
+train_net_param { layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+  layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 2 dim: 1 } } }
+  layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" inner_product_param { num_output: 1 } }
+  layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "loss" } }
+test_net_param { layer { name: "det" type: "Input" top: "det" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 7 } } }
+  layer { name: "gt" type: "Input" top: "gt" input_param { shape { dim: 1 dim: 1 dim: 3 dim: 8 } } }
+  layer { name: "detection_eval" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "detection_eval"
+          detection_evaluate_param { num_classes: 4 } } }
+test_iter: 2  test_interval: 100  base_lr: 0.01  lr_policy: "fixed"  max_iter: 1
+eval_type: "detection"  ap_version: "%s"
+"""
+
+
+@pytest.mark.parametrize("version, expected", [("Integral", 2 / 3), ("11point", 2 / 3)])
+def test_solver_eval_type_detection_reports_the_map(tmp_path, version, expected, caplog):
+    """SSD's TestDetection: DetectionEvaluate rows gathered over test_iter batches, AP per
+    label (label 1: a hit then a duplicate, 2: only a miss, 3: a hit), their mean."""
+    import dlsoft  # noqa: PLC0415
+
+    path = tmp_path / "solver.prototxt"
+    path.write_text(EVAL_SOLVER % version)
+    solver = dlsoft.get_solver(str(path))
+    net = solver.test_nets[0]
+    net.blobs["det"].data[...] = DETECTIONS.reshape(1, 1, 4, 7)
+    net.blobs["gt"].data[...] = GT
+    with caplog.at_level("INFO", logger="dlsoft"):
+        scores = solver.test(0)
+    assert scores["detection_eval"] == pytest.approx(expected)
+    assert "Test net output #0: detection_eval = 0.666667" in caplog.text
+
+
+def test_solver_eval_type_unknown_is_a_one_line_error(tmp_path):
+    import dlsoft  # noqa: PLC0415
+    from dlsoft.errors import SolverError  # noqa: PLC0415
+
+    path = tmp_path / "solver.prototxt"
+    path.write_text((EVAL_SOLVER % "Integral").replace('"detection"', '"detections"'))
+    with pytest.raises(SolverError, match=r"eval_type: unknown type 'detections' \(classification or detection\)"):
+        dlsoft.get_solver(str(path))
+
+
 @covers("MultiBoxLoss", "gpu")
 @covers("DetectionEvaluate", "gpu")
 @pytest.mark.gpu

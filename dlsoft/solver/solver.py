@@ -42,7 +42,7 @@ from ..errors import DlsoftError, SolverError
 from ..netdef import io
 from ..netdef.net import Net
 from ..protos import caffe_pb2
-from . import config
+from . import config, evaluation
 from . import snapshot as snap
 from .lr_policy import LearningRate, check_policy
 from .progress import Progress, fmt, start_metrics
@@ -154,6 +154,7 @@ class Solver:
         if p.base_lr < 0:
             raise self._error("base_lr", f"must be >= 0, got {fmt(p.base_lr)}")
         check_policy(p, self._error)  # lr_policy and the parameters it uses
+        evaluation.check(p, self._error)  # eval_type and ap_version (the SSD fork's)
         if p.regularization_type not in ("L1", "L2"):
             raise self._error("regularization_type", f"unknown type '{p.regularization_type}' (L1 or L2)")
         for field in ("average_loss", "iter_size"):
@@ -490,7 +491,7 @@ class Solver:
         p = self.param
         log.info("Iteration %d, Testing net (#%d)", self.iter, index)
         net = self.test_nets[index]
-        sums: list[np.ndarray] | None = None
+        totals = evaluation.accumulator(p)  # means of the outputs, or SSD's mAP (eval_type)
         loss = 0.0
         for _ in range(p.test_iter[index]):
             action = self._requested_action()
@@ -505,12 +506,7 @@ class Solver:
             iter_loss = net.forward_prefilled()
             self._forwards[index + 1] += 1
             loss += iter_loss
-            values = [to_numpy(net.blobs[name].data).astype(np.float64).ravel() for name in net.outputs]
-            if sums is None:
-                sums = values
-            else:
-                for total, value in zip(sums, values):
-                    total += value
+            totals.add([to_numpy(net.blobs[name].data) for name in net.outputs])
         if self._requested_early_exit:
             log.info("Test interrupted.")
             return None
@@ -518,8 +514,7 @@ class Solver:
         if p.test_compute_loss:
             extra["loss"] = loss / p.test_iter[index]
             log.info("Test loss: %s", fmt(extra["loss"]))
-        means = [total / p.test_iter[index] for total in (sums or [])]
-        scores = self._log_outputs("Test", net, means)
+        scores = self._log_outputs("Test", net, totals.result(net.outputs))
         self.test_scores[index] = scores
         if progress is not None:
             progress.event("test", self.iter, net=f"#{index}", scores=scores, **extra)
