@@ -262,6 +262,32 @@ def test_solver_eval_type_detection_reports_the_map(tmp_path, version, expected,
     assert "Test net output #0: detection_eval = 0.666667" in caplog.text
 
 
+def test_mobilenet_ssd_solver_test_reports_the_map(annoset, tmp_path):
+    """chuanqi305's evaluation as its authors run it: ``train --solver solver_test.prototxt``
+    (max_iter 0, test_initialization, eval_type detection, ap_version 11point) over its
+    MobileNetSSD_test.prototxt, both unchanged, on a dlsoft-written LMDB: one test pass
+    through DetectionOutput and DetectionEvaluate, reported as the mAP."""
+    for name in ("MobileNetSSD_train.prototxt", "MobileNetSSD_test.prototxt"):
+        shutil.copy(SSD / "voc" / name, tmp_path / name)
+    shutil.copy(SSD / "solver_test.prototxt", tmp_path / "solver_test.prototxt")
+    shutil.copy(LABEL_MAP, tmp_path / "labelmap.prototxt")
+    for lmdb in ("trainval_lmdb", "test_lmdb"):
+        shutil.copytree(annoset / "trainval_lmdb", tmp_path / lmdb)
+    import os  # noqa: PLC0415
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the nets name their LMDBs and label map relative to where they run
+    try:
+        result = CliRunner().invoke(cli, ["train", "--solver", "solver_test.prototxt", "--test-iter", "1",
+                                          "--batch-size", "1"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    line = [text for text in result.output.splitlines() if "Test net output #0: detection_eval = " in text]
+    assert len(line) == 1, result.output
+    assert 0.0 <= float(line[0].rsplit("=", 1)[1]) <= 1.0
+
+
 def test_solver_eval_type_unknown_is_a_one_line_error(tmp_path):
     import dlsoft  # noqa: PLC0415
     from dlsoft.errors import SolverError  # noqa: PLC0415

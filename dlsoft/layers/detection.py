@@ -238,11 +238,11 @@ def _box_area(boxes: np.ndarray) -> np.ndarray:
 
 def jaccard_overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one box with each of ``boxes`` (normalised coordinates, 0 when disjoint)."""
-    w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
-    h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
-    inter = np.where((w < 0) | (h < 0), 0.0, w * h)
-    union = _box_area(box) + _box_area(boxes) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf boxes: NaN, as Caffe's floats
+        w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+        h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+        inter = np.where((w < 0) | (h < 0), 0.0, w * h)
+        union = _box_area(box) + _box_area(boxes) - inter
         return np.where(inter > 0, inter / union, 0.0)
 
 
@@ -316,6 +316,12 @@ class DetectionOutputLayer(Layer):
         tops[0].reshape(1, 1, 1, 7)  # the real count is known only after NMS
 
     def forward_cpu(self, bottoms, tops):
+        # An untrained net's loc values overflow exp() to inf boxes, whose overlaps are NaN:
+        # Caffe's float arithmetic gives the same, silently; so do we.
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._detect(bottoms, tops)
+
+    def _detect(self, bottoms, tops):
         num = bottoms[0].shape[0]
         loc = to_numpy(bottoms[0].data).reshape(num, self.num_priors, self.num_loc_classes, 4)
         conf = to_numpy(bottoms[1].data).reshape(num, self.num_priors, self.num_classes)

@@ -180,7 +180,9 @@ class Solver:
             raise self._error("test_interval", "must be > 0 when test nets are given (test_iter)")
         if any(n <= 0 for n in p.test_iter):
             raise self._error("test_iter", "every value must be > 0")
-        if p.snapshot > 0 or p.snapshot_prefix:  # whatever `snapshot` says: the final snapshot goes there too
+        # checked now, not after hours of training; a solver that never snapshots (snapshot 0,
+        # snapshot_after_train false: an evaluation run) may name a folder that is not there
+        if p.snapshot > 0 or (p.snapshot_prefix and p.snapshot_after_train):
             folder = os.path.dirname(p.snapshot_prefix) or "."
             if not p.snapshot_prefix:
                 raise self._error("snapshot_prefix", "not set but snapshot is")
