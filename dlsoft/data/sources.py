@@ -119,23 +119,31 @@ class ArrayReader:
             self.pos = (self.pos + take) % total
 
 
+def _list_lines(path: str):
+    """``(line number, stripped line)`` of a list file's non-blank lines; a missing file or one
+    listing nothing is a DataError."""
+    if not os.path.isfile(path):
+        raise DataError(f"image list file not found: {path}")
+    listed = False
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                listed = True
+                yield number, line.strip()
+    if not listed:
+        raise DataError(f"image list file {path} lists no images")
+
+
 def read_pair_list(path: str, with_labels: bool = True,
                    expected: str = "image_path label_image_path") -> list[tuple[str, str]]:
     """Two-path lines (``image label_image``, SSD's ``image annotation``; ``image`` alone when not
     ``with_labels``) of a list file; ``expected`` names the line form in errors."""
-    if not os.path.isfile(path):
-        raise DataError(f"image list file not found: {path}")
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) not in ((2,) if with_labels else (1, 2)):
-                raise DataError(f"{path}:{number}: expected '{expected}', got {line.strip()!r}")
-            entries.append((fields[0], fields[1] if with_labels else ""))
-    if not entries:
-        raise DataError(f"image list file {path} lists no images")
+    for number, line in _list_lines(path):
+        fields = line.split()
+        if len(fields) not in ((2,) if with_labels else (1, 2)):
+            raise DataError(f"{path}:{number}: expected '{expected}', got {line!r}")
+        entries.append((fields[0], fields[1] if with_labels else ""))
     return entries
 
 
@@ -145,25 +153,17 @@ def read_list_file(path: str | os.PathLike) -> list[tuple[str, int]]:
     The label is the last space-separated field, so paths may contain spaces.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"image list file not found: {path}")
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            name, _, label = line.rpartition(" ")
-            try:
-                value = int(label)
-            except ValueError:
-                raise DataError(f"expected 'path label' with an integer label, got {line!r}",
-                                path=path, line=number) from None
-            if not name:
-                raise DataError(f"expected 'path label', got {line!r}", path=path, line=number)
-            entries.append((name, check_label(value, f"{path}:{number}")))
-    if not entries:
-        raise DataError(f"image list file {path} lists no images")
+    for number, line in _list_lines(path):
+        name, _, label = line.rpartition(" ")
+        try:
+            value = int(label)
+        except ValueError:
+            raise DataError(f"expected 'path label' with an integer label, got {line!r}",
+                            path=path, line=number) from None
+        if not name:
+            raise DataError(f"expected 'path label', got {line!r}", path=path, line=number)
+        entries.append((name, check_label(value, f"{path}:{number}")))
     return entries
 
 
