@@ -74,7 +74,8 @@ def _default_threads() -> int:
 
 
 _threads = _default_threads()  # what set_num_threads last gave
-_pool = None  # the worker threads of split_work, made on first use
+_pool = None  # the worker threads of split_work (all but worker 0), made on first use
+_pool_size = 0
 _blas = None  # threadpoolctl's controller of the loaded BLAS libraries (False: not installed)
 
 
@@ -102,17 +103,18 @@ def split_work(work, items) -> None:
     For the memory-bound steps numpy runs on one core (im2col copies, gathers): cifar10_quick's
     convolutions split by image chunks ran 1.75x faster than with one thread calling a
     2-thread BLAS."""
-    global _pool
+    global _pool, _pool_size
     items = list(items)
     workers = split_workers(len(items))
     if workers == 1:
         for item in items:
             work(item, 0)
         return
-    if _pool is None or _pool._max_workers < workers:
+    if _pool is None or _pool_size < workers - 1:  # this thread is worker 0: the pool runs the others
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
-        _pool = ThreadPoolExecutor(max(workers, _threads), thread_name_prefix="dlsoft-split")
+        _pool_size = _threads - 1
+        _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="dlsoft-split")
 
     def run(slot):
         for item in items[slot::workers]:

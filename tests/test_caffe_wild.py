@@ -176,12 +176,16 @@ def roi_inputs(net, rng) -> dict[str, np.ndarray]:
     return out
 
 
-def without_unused_inputs(path: Path, param, tmp_path: Path) -> Path:
-    """The prototxt for OpenCV: legacy ``input:`` fields that no layer reads dropped (PSPNet's
-    ``data_dim``, kept for a commented-out CRF layer), since OpenCV 4.x's input layer then
-    fails its own shape check (``inputs.size() == requiredOutputs``). Same computation."""
+def unused_inputs(param) -> list[str]:
+    """Legacy ``input:`` fields that no layer reads (PSPNet's ``data_dim``, kept for a
+    commented-out CRF layer)."""
     read = {bottom for layer in param.layer for bottom in layer.bottom}
-    unused = [name for name in param.input if name not in read]
+    return [name for name in param.input if name not in read]
+
+
+def without_unused_inputs(path: Path, unused: list[str], tmp_path: Path) -> Path:
+    """The prototxt for OpenCV with the ``unused`` inputs dropped, since OpenCV 4.x's input
+    layer then fails its own shape check (``inputs.size() == requiredOutputs``). Same computation."""
     if not unused:
         return path
     text = path.read_text()
@@ -274,14 +278,14 @@ def test_deploy_net_builds_with_the_parameter_count_and_agrees_with_opencv(path,
     del net
     gc.collect()
     try:
-        cv_net = cv2.dnn.readNetFromCaffe(str(without_unused_inputs(path, param, tmp_path)), str(weights))
+        unused = unused_inputs(param)
+        cv_net = cv2.dnn.readNetFromCaffe(str(without_unused_inputs(path, unused, tmp_path)), str(weights))
         their_count = sum(b.size for n in cv_net.getLayerNames() for b in cv_net.getLayer(n).blobs)
     except cv2.error as exc:  # getLayer creates the layers: a type OpenCV lacks fails there
         pytest.skip(f"OpenCV cannot read this net: {str(exc).strip().splitlines()[-1]}")
     assert their_count == count
-    read = {bottom for layer in param.layer for bottom in layer.bottom}
     for name, x in inputs.items():
-        if name in read:
+        if name not in unused:
             cv_net.setInput(x, name)
     try:
         theirs = cv_net.forward([layer for _, layer in pairs])

@@ -159,6 +159,7 @@ class _ConvolutionBase(Layer):
         # dW transposed, (group, K, M): OpenBLAS runs col @ dy^T 1.5x faster than dy @ col^T for
         # small M; one per worker thread (see _each_chunk)
         self._weight_grad_t = {}
+        self._partial_buffers = {}  # worker slot -> its parameter-gradient partials (see _param_diffs)
         self._padded = {}  # CPU-only: see _cpu_padding
         self._batch_minor = False  # the col order of the device running now (set by forward/backward)
         self._col_source = None  # which (bottom data, chunk start) self._col holds, to skip a redo
@@ -190,18 +191,15 @@ class _ConvolutionBase(Layer):
             self._padded[n, slot] = np.zeros((self.geometry.channels, *self.geometry.padded_shape, n), np.float32)
         return self._padded[n, slot]
 
-    def _each_chunk(self, work) -> int:
+    def _each_chunk(self, work) -> None:
         """``work(part, slot)`` for every chunk of images: on the CPU split across threads
         (:func:`dlsoft.threads.split_work`; the col/columns workspace is per thread, the
-        padded copies and weight-gradient partials per slot), on the GPU in order. Returns
-        the number of workers (slots 0 .. workers-1) that ran."""
-        parts = list(self._chunks())
-        if not self._batch_minor:  # GPU: one stream, in order
-            for part in parts:
-                work(part, 0)
-            return 1
-        threads.split_work(work, parts)
-        return threads.split_workers(len(parts))
+        padded copies and weight-gradient partials per slot), on the GPU in order."""
+        if self._batch_minor:
+            threads.split_work(work, self._chunks())
+            return
+        for part in self._chunks():  # GPU: one stream, in order
+            work(part, 0)
 
     # The im2col/col2im steps: the one place where the two devices differ. The CPU methods
     # pass the numpy steps, the GPU methods the kernels, to the same algorithm.
@@ -275,15 +273,26 @@ class _ConvolutionBase(Layer):
     def _as_images(self, array):
         return array.reshape(self.outer, -1, *array.shape[-2:])
 
-    def _param_diffs(self, slot: int):
-        """Where worker ``slot`` adds its chunks' parameter gradients: the blobs' diffs for
-        slot 0, zeroed partials of its own for the others (added by :meth:`_add_partials`
-        in slot order, so the sums do not depend on thread timing)."""
-        if slot == 0:
-            return [blob.diff for blob in self.blobs]
-        return [self.xp.zeros_like(blob.diff) for blob in self.blobs]
+    def _param_diffs(self, partials: dict, slot: int):
+        """Where worker ``slot`` adds its chunks' parameter gradients in this backward: the
+        blobs' diffs for slot 0, for the others partials of their own, zeroed on the slot's
+        first chunk (kept across iterations) and added by :meth:`_add_partials` in slot
+        order, so the sums do not depend on thread timing."""
+        diffs = partials.get(slot)
+        if diffs is None:
+            if slot == 0:
+                diffs = [blob.diff for blob in self.blobs]
+            else:
+                diffs = self._partial_buffers.get(slot)
+                if diffs is None:
+                    diffs = self._partial_buffers[slot] = [self.xp.empty_like(b.diff) for b in self.blobs]
+                for part in diffs:
+                    part.fill(0)
+            partials[slot] = diffs
+        return diffs
 
     def _add_partials(self, partials: dict) -> None:
+        partials.pop(0, None)  # slot 0 wrote the diffs themselves
         for slot in sorted(partials):
             for blob, part in zip(self.blobs, partials[slot]):
                 blob.diff += part
@@ -348,7 +357,7 @@ class ConvolutionLayer(_ConvolutionBase):
 
             def chunk(part, slot):
                 n = part.stop - part.start
-                diffs = partials.setdefault(slot, self._param_diffs(slot))
+                diffs = self._param_diffs(partials, slot)
                 dy = top_diff[part].reshape(self.group, -1, self.plane) if n == 1 else self._gather(top_diff[part])
                 if len(self.blobs) > 1 and self.param_propagate_down[1]:
                     diffs[1][...] += dy.reshape(self.num_output, -1).sum(axis=1)
@@ -367,7 +376,6 @@ class ConvolutionLayer(_ConvolutionBase):
                     col2im(col, self._as_images(bottom.diff)[part])
 
             self._each_chunk(chunk)
-            partials.pop(0, None)
             self._add_partials(partials)
             if any(propagate_down):
                 self._col_source = None
@@ -412,7 +420,7 @@ class DeconvolutionLayer(_ConvolutionBase):
             def chunk(part, slot):
                 col = im2col(top_diff[part], slot)
                 if self.param_propagate_down[0]:
-                    diffs = partials.setdefault(slot, self._param_diffs(slot))
+                    diffs = self._param_diffs(partials, slot)
                     self._accumulate_weight_grad(self._gather(inputs[part]), col, diffs[0], slot)
                 if down:
                     dx = self._columns(col.shape[2] // self.plane)
@@ -420,7 +428,6 @@ class DeconvolutionLayer(_ConvolutionBase):
                     self._scatter(dx, bottom.diff.reshape(self.outer, self.channels, -1)[part], add_bias=False)
 
             self._each_chunk(chunk)
-            partials.pop(0, None)
             self._add_partials(partials)  # the bias diff above: partials of slots > 0 hold zeros for it
 
 

@@ -188,7 +188,7 @@ class PoolingLayer(Layer):
                 self._max_padded = np.full(self._padded_shape, -np.inf, np.float32)
             source = self._max_padded
             source[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
-        if self._column_max is None or self._column_max.shape[2] != source.shape[2]:
+        if self._column_max is None:
             self._column_max = np.empty((*source.shape[:3], ow), np.float32)
         columns = self._column_max
         np.copyto(columns, source[..., 0:sw * (ow - 1) + 1:sw])
