@@ -274,20 +274,18 @@ class _ConvolutionBase(Layer):
         return array.reshape(self.outer, -1, *array.shape[-2:])
 
     def _param_diffs(self, partials: dict, slot: int):
-        """Where worker ``slot`` adds its chunks' parameter gradients in this backward: the
-        blobs' diffs for slot 0, for the others partials of their own, zeroed on the slot's
-        first chunk (kept across iterations) and added by :meth:`_add_partials` in slot
-        order, so the sums do not depend on thread timing."""
+        """Where worker ``slot`` adds its chunks' parameter gradients in this backward:
+        ``partials[0]``, the blobs' diffs (taken before the split: a blob allocates its diff
+        on first access, which two threads must not race to), for the others partials of
+        their own, zeroed on the slot's first chunk (kept across iterations) and added by
+        :meth:`_add_partials` in slot order, so the sums do not depend on thread timing."""
         diffs = partials.get(slot)
         if diffs is None:
-            if slot == 0:
-                diffs = [blob.diff for blob in self.blobs]
-            else:
-                diffs = self._partial_buffers.get(slot)
-                if diffs is None:
-                    diffs = self._partial_buffers[slot] = [self.xp.empty_like(b.diff) for b in self.blobs]
-                for part in diffs:
-                    part.fill(0)
+            diffs = self._partial_buffers.get(slot)
+            if diffs is None:
+                diffs = self._partial_buffers[slot] = [self.xp.empty_like(d) for d in partials[0]]
+            for part in diffs:
+                part.fill(0)
             partials[slot] = diffs
         return diffs
 
@@ -353,7 +351,9 @@ class ConvolutionLayer(_ConvolutionBase):
             top_diff = top.diff.reshape(self.outer, self.num_output, -1)
             images = self._as_images(bottom.data)
             cached = self._col_still_holds(index, bottom)  # one chunk only, so one thread
-            partials = {}
+            # every blob array the chunks touch is taken here, in one thread (see _param_diffs)
+            partials = {0: [blob.diff for blob in self.blobs]}
+            bottom_diff = self._as_images(bottom.diff) if down else None
 
             def chunk(part, slot):
                 n = part.stop - part.start
@@ -369,11 +369,11 @@ class ConvolutionLayer(_ConvolutionBase):
                 if down:
                     if pointwise is not None:  # col2im of a 1x1 kernel is the identity
                         self.xp.matmul(weights.transpose(0, 2, 1), dy,
-                                       out=self._as_images(bottom.diff)[part].reshape(self.group, -1, self.plane))
+                                       out=bottom_diff[part].reshape(self.group, -1, self.plane))
                         return
                     col = self._col(n)
                     self.xp.matmul(weights.transpose(0, 2, 1), dy, out=col)
-                    col2im(col, self._as_images(bottom.diff)[part])
+                    col2im(col, bottom_diff[part])
 
             self._each_chunk(chunk)
             self._add_partials(partials)
@@ -415,7 +415,8 @@ class DeconvolutionLayer(_ConvolutionBase):
                 self.blobs[1].diff[...] += top.diff.reshape(self.outer, self.num_output, -1).sum(axis=(0, 2))
             inputs = bottom.data.reshape(self.outer, self.channels, -1)
             top_diff = self._as_images(top.diff)
-            partials = {}
+            partials = {0: [blob.diff for blob in self.blobs]}  # taken in one thread (see _param_diffs)
+            bottom_diff = bottom.diff.reshape(self.outer, self.channels, -1) if down else None
 
             def chunk(part, slot):
                 col = im2col(top_diff[part], slot)
@@ -425,7 +426,7 @@ class DeconvolutionLayer(_ConvolutionBase):
                 if down:
                     dx = self._columns(col.shape[2] // self.plane)
                     self.xp.matmul(weights, col, out=dx)
-                    self._scatter(dx, bottom.diff.reshape(self.outer, self.channels, -1)[part], add_bias=False)
+                    self._scatter(dx, bottom_diff[part], add_bias=False)
 
             self._each_chunk(chunk)
             self._add_partials(partials)  # the bias diff above: partials of slots > 0 hold zeros for it
